@@ -1,0 +1,23 @@
+"""Sans-IO flow-control policies: per-viewer outbound queues, rate limits, flush pacing.
+
+Nothing here does I/O or reads a clock; callers pass ``now`` (seconds, any monotonic
+origin). The Trio shells in ``rms`` and ``ingest`` wire them to sockets and timers.
+"""
+
+from backpressure.gcra import Gcra, GcraState, parse_rate
+from backpressure.outbound import OutboundQueue
+from backpressure.pacer import FlushPacer
+from backpressure.ratelimit import Decision, InMemoryRateLimiter, RateLimiter
+from backpressure.velocity import Velocity
+
+__all__ = [
+    "Decision",
+    "FlushPacer",
+    "Gcra",
+    "GcraState",
+    "InMemoryRateLimiter",
+    "OutboundQueue",
+    "RateLimiter",
+    "Velocity",
+    "parse_rate",
+]

@@ -1,0 +1,1 @@
+"""The stateless comment service: validate, rate-limit, id, store, publish."""

@@ -1,0 +1,5 @@
+import sys
+
+from livecomments.cli import main
+
+sys.exit(main())

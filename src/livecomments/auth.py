@@ -1,0 +1,120 @@
+"""Identity: HS256 JWTs with ``sub``, ``name``, ``roles``, ``streams``, ``exp``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+import attrs
+import jwt
+
+from livecomments.errors import Unauthorized
+
+ROLES = ("viewer", "verified", "moderator", "admin")
+KEY_FILE = "jwt.key"
+
+
+@attrs.frozen
+class Identity:
+    user_id: str
+    name: str
+    roles: frozenset[str] = frozenset({"viewer"})
+    streams: frozenset[str] = frozenset()
+
+    @property
+    def verified(self) -> bool:
+        return "verified" in self.roles
+
+    @property
+    def moderator(self) -> bool:
+        return "moderator" in self.roles or "admin" in self.roles
+
+    def is_streamer(self, video_id: str) -> bool:
+        return video_id in self.streams
+
+
+def signing_key(secret: str, data_dir: str) -> str:
+    """The configured secret, or a random key kept in ``data_dir`` (created once)."""
+    if secret:
+        return secret
+    path = Path(data_dir) / KEY_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # O_EXCL: when two processes race, one writes and both read the same key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+@attrs.frozen
+class TokenIssuer:
+    key: str
+    algorithm: str = "HS256"
+
+    def issue(
+        self,
+        user_id: str,
+        name: str,
+        roles: frozenset[str] | set[str] | tuple[str, ...] = ("viewer",),
+        streams: frozenset[str] | set[str] | tuple[str, ...] = (),
+        ttl_s: int = 86400,
+        now: float | None = None,
+    ) -> str:
+        bad = set(roles) - set(ROLES)
+        if bad:
+            raise ValueError(f"unknown roles: {sorted(bad)}")
+        iat = int(time.time() if now is None else now)
+        claims = {
+            "sub": user_id,
+            "name": name,
+            "roles": sorted(set(roles) | {"viewer"}),
+            "streams": sorted(streams),
+            "iat": iat,
+            "exp": iat + ttl_s,
+        }
+        return jwt.encode(claims, self.key, algorithm=self.algorithm)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token, self.key, algorithms=[self.algorithm], options={"require": ["sub", "exp"]}
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired", code="token_expired") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("the token is not valid", code="invalid_token") from None
+        sub, name = claims.get("sub"), claims.get("name", "")
+        roles, streams = claims.get("roles", []), claims.get("streams", [])
+        if (
+            not isinstance(sub, str)
+            or not sub
+            or not isinstance(name, str)
+            or not isinstance(roles, list)
+            or not isinstance(streams, list)
+            or not all(isinstance(r, str) for r in roles + streams)
+        ):
+            raise Unauthorized("the token's claims are malformed", code="invalid_token")
+        return Identity(sub, name or sub, frozenset(roles) | {"viewer"}, frozenset(streams))
+
+    def from_header(self, header: str | None) -> Identity:
+        if not header:
+            raise Unauthorized("an Authorization: Bearer token is required", code="missing_token")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("use Authorization: Bearer <token>", code="missing_token")
+        return self.verify(token.strip())
+
+
+def new_guest_id() -> str:
+    return "g_" + uuid.uuid4().hex[:16]

@@ -1,0 +1,48 @@
+"""The bus between ingest and rms: one channel per video.
+
+``InProcessBus`` is the embedded default (a dict of handlers). The Redis adapter
+implements the same interface over Redis pub/sub. Handlers are plain functions that must
+not block: a room's handler only appends to its ring and wakes its flush task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, Union
+
+import attrs
+
+from livecomments.model import Comment, Removal
+
+BusEvent = Union[Comment, Removal]
+Handler = Callable[[BusEvent], None]
+
+
+class Bus(Protocol):
+    async def publish(self, video_id: str, event: BusEvent) -> None: ...
+
+    async def subscribe(self, video_id: str, handler: Handler) -> None: ...
+
+    async def unsubscribe(self, video_id: str, handler: Handler) -> None: ...
+
+
+@attrs.define
+class InProcessBus:
+    _handlers: dict[str, list[Handler]] = attrs.field(factory=dict)
+
+    async def publish(self, video_id: str, event: BusEvent) -> None:
+        for handler in list(self._handlers.get(video_id, ())):
+            handler(event)
+
+    async def subscribe(self, video_id: str, handler: Handler) -> None:
+        self._handlers.setdefault(video_id, []).append(handler)
+
+    async def unsubscribe(self, video_id: str, handler: Handler) -> None:
+        handlers = self._handlers.get(video_id)
+        if handlers and handler in handlers:
+            handlers.remove(handler)
+            if not handlers:
+                del self._handlers[video_id]
+
+    def channels(self) -> int:
+        return len(self._handlers)

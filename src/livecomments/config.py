@@ -1,0 +1,141 @@
+"""Settings: every one is a command-line flag and a ``LIVECOMMENTS_<NAME>`` variable.
+
+The flag wins over the variable, the variable over the default. ``Settings`` is frozen:
+the process reads it once at start and passes it down; nothing reads the environment
+later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from backpressure.gcra import parse_rate
+
+
+def _setting(default: Any, help: str, *, kind: type = str) -> Any:
+    return attrs.field(default=default, metadata={"help": help, "kind": kind})
+
+
+def _rate(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    try:
+        parse_rate(value)
+    except ValueError as e:
+        raise ValueError(f"{attr.name}: {e}") from None
+
+
+@attrs.frozen
+class Settings:
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(8000, "port to listen on", kind=int)
+    data_dir: str = _setting("./data", "directory for the SQLite store and the signing key")
+    public_url: str = _setting("", "URL the page is reached at (printed by serve); default from host:port")
+    jwt_secret: str = _setting("", "HS256 signing key; empty: a random key kept in the data dir")
+    guest_signin: bool = _setting(True, "allow POST /v1/auth/guest", kind=bool)
+    rate_limit: str = attrs.field(default="5/10s", validator=_rate, metadata={"help": "comments per user (N/period)", "kind": str})
+    guest_rate_limit: str = attrs.field(default="20/m", validator=_rate, metadata={"help": "guest sign-ins per client address", "kind": str})
+    max_text: int = _setting(500, "longest comment text, in characters", kind=int)
+    max_body: int = _setting(4096, "largest POST body, in bytes", kind=int)
+    backlog: int = _setting(50, "comments a new viewer gets by default", kind=int)
+    backlog_max: int = _setting(200, "largest ?backlog= a viewer may ask for", kind=int)
+    history_max: int = _setting(200, "largest ?limit= for history pages", kind=int)
+    ring_size: int = _setting(1000, "recent comments kept in memory per video for replay", kind=int)
+    replay_max: int = _setting(1000, "most comments replayed after Last-Event-ID before a reset", kind=int)
+    snapshot_size: int = _setting(200, "comments in snapshot.json", kind=int)
+    heartbeat_s: float = _setting(15.0, "seconds between SSE heartbeats", kind=float)
+    retry_ms: int = _setting(3000, "SSE retry: field, ms", kind=int)
+    viewer_buffer: int = _setting(256 * 1024, "bytes queued per slow viewer before batches are dropped", kind=int)
+    stuck_s: float = _setting(30.0, "seconds without progress before a slow viewer is disconnected", kind=float)
+    flush_rate: float = _setting(20.0, "room flushes per second when busy", kind=float)
+    flush_burst: int = _setting(4, "room flushes back to back when quiet", kind=int)
+    room_linger_s: float = _setting(30.0, "seconds a room stays open after its last viewer leaves", kind=float)
+    longpoll_max_s: float = _setting(30.0, "longest long-poll wait", kind=float)
+    shutdown_grace_s: float = _setting(5.0, "seconds to drain on SIGTERM before closing", kind=float)
+    worker_id: int = _setting(0, "Snowflake worker id of this process (0-1023)", kind=int)
+    store: str = _setting("sqlite", "comment store: sqlite | scylla")
+    scylla_hosts: str = _setting("127.0.0.1:9042", "CQL contact points, comma-separated")
+    scylla_keyspace: str = _setting("livecomments", "CQL keyspace")
+    scylla_consistency: str = _setting("LOCAL_QUORUM", "CQL consistency level")
+    comment_ttl_s: int = _setting(14 * 86400, "comment time to live in the CQL store", kind=int)
+    redis_url: str = _setting("", "Redis URL (cluster mode)")
+    tier_sampled_at: int = _setting(50000, "viewers at which a video goes to sampled", kind=int)
+    tier_sampled_below: int = _setting(40000, "viewers below which it returns to push", kind=int)
+    tier_cdn_at: int = _setting(100000, "viewers at which a video goes to cdn", kind=int)
+    tier_cdn_below: int = _setting(80000, "viewers below which it returns to sampled", kind=int)
+    tier_min_dwell_s: float = _setting(10.0, "seconds in a mode before it may change again", kind=float)
+    log_level: str = _setting("info", "debug | info | warning | error")
+
+    def url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+
+def env_name(field: str) -> str:
+    return "LIVECOMMENTS_" + field.upper()
+
+
+def _convert(kind: type, text: str, name: str) -> Any:
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}: expected {kind.__name__}, got {text!r}") from None
+
+
+def add_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """Add a ``--flag`` per setting (all of them unless ``only`` names some)."""
+    for f in attrs.fields(Settings):
+        if only is not None and f.name not in only:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.metadata["kind"]
+        help_text = f"{f.metadata['help']} (env {env_name(f.name)}, default {f.default!r})"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, type=str, help=help_text)
+
+
+def load(
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults <- overrides (a command's own defaults) <- environment <- flags."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = dict(overrides)
+    for f in attrs.fields(Settings):
+        kind = f.metadata["kind"]
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is not None:
+            values[f.name] = raw if isinstance(raw, bool) else _convert(kind, raw, "--" + f.name.replace("_", "-"))
+        elif env_name(f.name) in env:
+            values[f.name] = _convert(kind, env[env_name(f.name)], env_name(f.name))
+    s = Settings(**values)
+    _check(s)
+    return s
+
+
+def _check(s: Settings) -> None:
+    if not 0 <= s.worker_id <= 1023:
+        raise ValueError("worker_id must be in 0..1023")
+    if s.tier_sampled_below > s.tier_sampled_at or s.tier_cdn_below > s.tier_cdn_at:
+        raise ValueError("tier *_below thresholds must not exceed their *_at thresholds")
+    if s.store not in ("sqlite", "scylla"):
+        raise ValueError("store must be sqlite or scylla")
+    for name in ("max_text", "max_body", "backlog_max", "history_max", "ring_size", "snapshot_size", "viewer_buffer"):
+        if getattr(s, name) < 1:
+            raise ValueError(f"{name} must be positive")

@@ -1,0 +1,82 @@
+"""Handing a connection the front door has started reading to Hypercorn.
+
+Hypercorn's per-connection server (``hypercorn.trio.tcp_server.TCPServer``) serves any
+Trio stream; we give it the accepted socket wrapped so that the bytes the front door
+already read come out first. The ASGI lifespan runs once, as Hypercorn's own worker
+does it.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """A socket stream that first returns ``prefix``, then what the socket receives."""
+
+    def __init__(self, inner: trio.SocketStream, prefix: bytes) -> None:
+        self._inner = inner
+        self._prefix = prefix
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._inner.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def hypercorn_config() -> Config:
+    config = Config()
+    config.accesslog = None
+    config.errorlog = "-"
+    config.keep_alive_timeout = 5
+    config.graceful_timeout = 5
+    config.h11_max_incomplete_size = 16 * 1024
+    return config
+
+
+class AsgiHandoff:
+    def __init__(self, app: Any, config: Config | None = None) -> None:
+        self.app = ASGIWrapper(app)
+        self.config = config or hypercorn_config()
+        self.context = WorkerContext(None)
+        self.state: dict[str, Any] = {}
+        self._lifespan = Lifespan(self.app, self.config, self.state)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Run the app's startup in ``nursery`` (which then owns the lifespan task)."""
+        await nursery.start(self._lifespan.handle_lifespan)
+        await self._lifespan.wait_for_startup()
+
+    async def terminate(self) -> None:
+        """Ask Hypercorn's connections to close once their current request is done."""
+        await self.context.terminated.set()
+
+    async def __call__(self, sock: socket.socket, prefix: bytes) -> None:
+        stream = PrefixedStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), prefix)
+        await TCPServer(self.app, self.config, self.context, self.state, stream).run()  # type: ignore[arg-type]

@@ -1,0 +1,50 @@
+"""Prometheus metrics, in a registry per process (no module-level state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.viewers = Gauge("livecomments_viewers", "Viewers connected to this node", registry=r)
+        self.rooms = Gauge("livecomments_rooms", "Rooms (videos with viewers) on this node", registry=r)
+        self.posts = Counter("livecomments_posts", "POST comment results", ["status"], registry=r)
+        self.post_seconds = Histogram(
+            "livecomments_post_seconds",
+            "Time to accept a comment (validation to 201)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=r,
+        )
+        self.deliveries = Counter("livecomments_deliveries", "Comments delivered to viewers (comment x viewer)", registry=r)
+        self.writes = Counter("livecomments_writes", "Batches written to viewers", registry=r)
+        self.drops = Counter("livecomments_dropped_comments", "Comments dropped for slow viewers", registry=r)
+        self.stuck_disconnects = Counter("livecomments_stuck_disconnects", "Viewers disconnected for making no progress", registry=r)
+        self.connections = Counter("livecomments_connections", "Stream connections accepted", ["transport"], registry=r)
+        self.removals = Counter("livecomments_removals", "Comments removed", registry=r)
+
+    # The room and viewer call these; they stay cheap (no labels on the hot path).
+    def viewer_joined(self) -> None:
+        self.viewers.inc()
+
+    def viewer_left(self) -> None:
+        self.viewers.dec()
+
+    def delivered(self, deliveries: int, writes: int) -> None:
+        if deliveries:
+            self.deliveries.inc(deliveries)
+        if writes:
+            self.writes.inc(writes)
+
+    def dropped(self, comments: int) -> None:
+        self.drops.inc(comments)
+
+    def stuck(self) -> None:
+        self.stuck_disconnects.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

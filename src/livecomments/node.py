@@ -1,0 +1,110 @@
+"""Assembling a process: the embedded all-in-one server (ingest + rms on one port)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from backpressure.ratelimit import InMemoryRateLimiter
+from ingest.service import CommentService
+from livecomments.app import create_app
+from livecomments.auth import TokenIssuer, signing_key
+from livecomments.bus import InProcessBus
+from livecomments.config import Settings
+from livecomments.handoff import AsgiHandoff
+from livecomments.metrics import Metrics
+from livecomments.services import Services
+from livecomments.store.sqlite import SqliteStore
+from rms.frontdoor import FrontDoor
+from rms.room import Rooms
+
+log = logging.getLogger("livecomments")
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one (each viewer is a socket)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
+    """Run the all-in-one server until ``until`` returns, then drain and stop."""
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    issuer = TokenIssuer(signing_key(settings.jwt_secret, settings.data_dir))
+    metrics = Metrics()
+    lsock = listen(settings.host, settings.port)
+    if settings.port == 0:
+        import attrs
+
+        settings = attrs.evolve(settings, port=lsock.getsockname()[1])
+    async with SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as store:
+        bus = InProcessBus()
+        limiter = InMemoryRateLimiter()
+        rooms = Rooms(settings, store, bus, metrics)
+        svc = Services(
+            settings=settings,
+            issuer=issuer,
+            metrics=metrics,
+            store=store,
+            limiter=limiter,
+            comments=CommentService(settings, store, bus, limiter, metrics),
+            rooms=rooms,
+        )
+
+        async def store_readable() -> None:
+            await store.latest("readyz", 1)
+
+        svc.ready_checks.append(store_readable)
+        app = create_app(svc)
+        handoff = AsgiHandoff(app)
+        front = FrontDoor(settings, rooms, issuer, metrics, handoff)
+        async with trio.open_nursery() as root:
+            await root.start(rooms.run)
+            await handoff.start(root)
+            await root.start(front.serve, [lsock])
+            print(f"livecomments: serving {settings.url()}/watch/lobby", flush=True)
+            await until()
+            log.info("draining: goaway to viewers, no new connections")
+            svc.draining = front.draining = True
+            front.stop_accepting()
+            rooms.goaway()
+            await handoff.terminate()
+            with trio.move_on_after(settings.shutdown_grace_s):
+                await rooms.wait_empty()
+            root.cancel_scope.cancel()
+    print("livecomments: stopped", flush=True)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

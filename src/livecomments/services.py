@@ -1,0 +1,30 @@
+"""What a process runs, gathered in one object the web layer reads from."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from backpressure.ratelimit import RateLimiter
+from livecomments.auth import TokenIssuer
+from livecomments.config import Settings
+from livecomments.metrics import Metrics
+from livecomments.store.base import Store
+
+if TYPE_CHECKING:
+    from ingest.service import CommentService
+    from rms.room import Rooms
+
+
+@attrs.define
+class Services:
+    settings: Settings
+    issuer: TokenIssuer
+    metrics: Metrics
+    store: Store
+    limiter: RateLimiter
+    comments: CommentService | None = None  # present where ingest runs
+    rooms: Rooms | None = None  # present where rms runs
+    ready_checks: list[Any] = attrs.field(factory=list)  # async callables raising when not ready
+    draining: bool = False

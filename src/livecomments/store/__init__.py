@@ -1,0 +1,5 @@
+"""Comment stores: the interface and its adapters."""
+
+from livecomments.store.base import Store, StoreUnavailable
+
+__all__ = ["Store", "StoreUnavailable"]

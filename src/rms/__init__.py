@@ -1,0 +1,1 @@
+"""The stateful realtime servers: rooms of viewers and the lean stream path."""

@@ -1,0 +1,346 @@
+"""The front door: one port, a lean Trio path for event streams, Hypercorn for the rest.
+
+Every connection starts here. h11 reads the first request head; an SSE or WebSocket
+stream request is served on the lean path (the room writes each viewer's batches with
+non-blocking ``send()`` on the plain socket, see ``rms.viewer``); anything else, or a
+stream request the lean path does not take (HTTP/1.0, an error to report), is handed to
+Hypercorn together with the bytes already read, and Hypercorn serves the connection from
+then on (keep-alive included). The ASGI app has its own, slower, SSE route for a stream
+request that arrives on a connection Hypercorn already owns.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+from livecomments.auth import TokenIssuer
+from livecomments.config import Settings
+from livecomments.errors import LivecommentsError
+from rms.frames import Encoding, chunk, control, join
+from rms.params import parse_id, stream_params
+from rms.room import Room, Rooms
+from rms.viewer import SocketViewer
+
+log = logging.getLogger("livecomments.frontdoor")
+
+STREAM_PATH = re.compile(r"^/v1/videos/([^/]*)/(events|ws)$")
+HEAD_LIMIT = 16 * 1024  # bytes of request head we accept before answering 431
+HEAD_TIMEOUT_S = 10.0
+WS_MESSAGE_LIMIT = 4096
+RECV = 65536
+
+Handoff = Callable[[socket.socket, bytes], Awaitable[None]]
+
+
+class FrontDoor:
+    def __init__(
+        self,
+        settings: Settings,
+        rooms: Rooms,
+        issuer: TokenIssuer,
+        metrics: Any,
+        handoff: Handoff,
+    ) -> None:
+        self.settings = settings
+        self.rooms = rooms
+        self.issuer = issuer
+        self.metrics = metrics
+        self.handoff = handoff
+        self.accepting = True
+        self._listeners: list[socket.socket] = []
+        self._nursery: trio.Nursery | None = None
+        self.draining = False
+
+    async def serve(
+        self, listeners: list[socket.socket], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept on ``listeners`` (bound, listening sockets) until cancelled."""
+        self._listeners = listeners
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for lsock in listeners:
+                lsock.setblocking(False)
+                nursery.start_soon(self._accept_loop, lsock, nursery)
+            task_status.started()
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets: new connections are refused from now on."""
+        self.accepting = False
+        for lsock in self._listeners:
+            trio.lowlevel.notify_closing(lsock)
+            lsock.close()
+
+    async def _accept_loop(self, lsock: socket.socket, nursery: trio.Nursery) -> None:
+        while self.accepting:
+            try:
+                await trio.lowlevel.wait_readable(lsock)
+            except (trio.ClosedResourceError, OSError, ValueError):
+                return
+            # Take what the backlog holds (bounded, so one burst cannot starve the loop).
+            for _ in range(512):
+                try:
+                    conn, _addr = lsock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        log.warning("accept: %s; pausing accepts for 100 ms", e)
+                        await trio.sleep(0.1)
+                        break
+                    if lsock.fileno() == -1:
+                        return
+                    break
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(self._connection, conn)
+            await trio.lowlevel.checkpoint()
+
+    async def _connection(self, sock: socket.socket) -> None:
+        handed_off = False
+        try:
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+            raw = bytearray()
+            request: h11.Request | None = None
+            with trio.move_on_after(HEAD_TIMEOUT_S):
+                while request is None:
+                    try:
+                        event = conn.next_event()
+                    except h11.RemoteProtocolError as e:
+                        await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
+                        return
+                    if event is h11.NEED_DATA:
+                        await trio.lowlevel.wait_readable(sock)
+                        try:
+                            data = sock.recv(RECV)
+                        except BlockingIOError:
+                            continue
+                        if not data:
+                            return
+                        raw += data
+                        conn.receive_data(data)
+                    elif isinstance(event, h11.Request):
+                        request = event
+                    else:
+                        return
+            if request is None:
+                return
+            target = request.target.decode("latin-1")
+            split = urlsplit(target)
+            m = STREAM_PATH.match(split.path)
+            headers = {k.lower(): v for k, v in request.headers}
+            if m and request.method == b"GET" and request.http_version == b"1.1" and not self.draining:
+                video_id = unquote(m.group(1))
+                query = dict(parse_qsl(split.query, keep_blank_values=True))
+                if m.group(2) == "events":
+                    await self._sse(sock, conn, video_id, query, headers)
+                    return
+                if headers.get(b"upgrade", b"").lower() == b"websocket":
+                    await self._websocket(sock, bytes(raw), video_id, query)
+                    return
+            handed_off = True
+            await self.handoff(sock, bytes(raw))
+        except (OSError, trio.ClosedResourceError):
+            pass
+        finally:
+            if not handed_off:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+
+    # -- errors ---------------------------------------------------------------------------
+
+    async def _simple_error(self, sock: socket.socket, conn: h11.Connection, status: int, code: str, detail: str) -> None:
+        body = json.dumps({"error": code, "detail": detail}).encode()
+        await self._send_response(sock, conn, status, body, [(b"content-type", b"application/json")])
+
+    async def _send_response(
+        self, sock: socket.socket, conn: h11.Connection, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        try:
+            data = conn.send(
+                h11.Response(
+                    status_code=status,
+                    headers=[*headers, (b"content-length", b"%d" % len(body)), (b"connection", b"close")],
+                )
+            )
+            data = (data or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:
+            return
+        await _send_all(sock, data)
+
+    async def _lc_error(self, sock: socket.socket, conn: h11.Connection, err: LivecommentsError) -> None:
+        body = json.dumps(err.body()).encode()
+        hdrs = [(b"content-type", b"application/json")] + [(k.encode(), v.encode()) for k, v in err.headers().items()]
+        await self._send_response(sock, conn, err.status, body, hdrs)
+
+    # -- SSE ------------------------------------------------------------------------------
+
+    async def _sse(self, sock: socket.socket, conn: h11.Connection, video_id: str, query: dict[str, str], headers: dict[bytes, bytes]) -> None:
+        s = self.settings
+        last = headers.get(b"last-event-id")
+        try:
+            params = stream_params(s, self.issuer, video_id, query, last.decode("latin-1") if last is not None else None)
+        except LivecommentsError as e:
+            await self._lc_error(sock, conn, e)
+            return
+        room = await self.rooms.get(video_id)
+        user_id = params.identity.user_id if params.identity else None
+        reset, entries = await room.catch_up(params.after, params.backlog, user_id)
+        head = conn.send(
+            h11.Response(
+                status_code=200,
+                headers=[
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache, no-store"),
+                    (b"x-accel-buffering", b"no"),
+                    (b"access-control-allow-origin", b"*"),
+                ],
+            )
+        )
+        first = b"retry: %d\n\n" % s.retry_ms
+        if reset:
+            first += control("reset", {}, Encoding.SSE_PLAIN)
+        first += join(entries, Encoding.SSE)
+        await self._stream(sock, room, user_id, Encoding.SSE, (head or b"") + chunk(first), None)
+
+    # -- WebSocket ------------------------------------------------------------------------
+
+    async def _websocket(self, sock: socket.socket, raw: bytes, video_id: str, query: dict[str, str]) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(raw)
+        request = next((e for e in ws.events() if isinstance(e, Request)), None)
+        if request is None:
+            return
+        try:
+            params = stream_params(self.settings, self.issuer, video_id, query, None)
+        except LivecommentsError as e:
+            body = json.dumps(e.body()).encode()
+            out = ws.send(
+                RejectConnection(
+                    status_code=e.status,
+                    headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+                    has_body=True,
+                )
+            )
+            out += ws.send(RejectData(data=body))
+            await _send_all(sock, out)
+            return
+        room = await self.rooms.get(video_id)
+        user_id = params.identity.user_id if params.identity else None
+        reset, entries = await room.catch_up(params.after, params.backlog, user_id)
+        first = ws.send(AcceptConnection())
+        if reset:
+            first += control("reset", {}, Encoding.WS)
+        first += join(entries, Encoding.WS)
+        await self._stream(sock, room, user_id, Encoding.WS, first, ws)
+
+    async def _ws_input(self, ws: WSConnection, viewer: SocketViewer, room: Room, data: bytes, buf: list[str]) -> bool:
+        """Handle client frames; False when the connection should end."""
+        ws.receive_data(data or None)
+        now = trio.current_time()
+        for event in ws.events():
+            if isinstance(event, TextMessage):
+                buf.append(event.data)
+                if sum(map(len, buf)) > WS_MESSAGE_LIMIT:
+                    viewer.control(ws.send(CloseConnection(code=1009, reason="message too big")), now)
+                    return False
+                if event.message_finished:
+                    text, buf[:] = "".join(buf), []
+                    await self._ws_command(ws, viewer, room, text)
+            elif isinstance(event, Ping):
+                viewer.control(ws.send(event.response()), now)
+            elif isinstance(event, CloseConnection):
+                try:
+                    viewer.control(ws.send(event.response()), now)
+                except Exception:
+                    pass
+                return False
+            elif isinstance(event, Message):
+                viewer.control(ws.send(CloseConnection(code=1003, reason="text frames only")), now)
+                return False
+        return data != b""
+
+    async def _ws_command(self, ws: WSConnection, viewer: SocketViewer, room: Room, text: str) -> None:
+        now = trio.current_time()
+        try:
+            msg = json.loads(text)
+            if not isinstance(msg, dict) or msg.get("type") != "resume":
+                raise ValueError("unknown message: send {\"type\": \"resume\", \"after\": \"<id>\"}")
+            after = parse_id(str(msg.get("after", "")), "after")
+        except (ValueError, LivecommentsError) as e:
+            detail = e.detail if isinstance(e, LivecommentsError) else str(e)
+            viewer.control(control("error", {"error": "bad_request", "detail": detail}, Encoding.WS), now)
+            return
+        reset, entries = await room.catch_up(after, self.settings.backlog, viewer.user_id)
+        data = control("reset", {}, Encoding.WS) if reset else b""
+        viewer.control(data + join(entries, Encoding.WS), now)
+
+    # -- both -----------------------------------------------------------------------------
+
+    async def _stream(
+        self, sock: socket.socket, room: Room, user_id: str | None, encoding: Encoding, first: bytes, ws: WSConnection | None
+    ) -> None:
+        s = self.settings
+        assert self._nursery is not None
+        viewer = SocketViewer(sock, self._nursery, user_id, encoding, s.viewer_buffer, s.stuck_s, self.metrics)
+        self.metrics.connections.labels("ws" if ws else "sse").inc()
+        with trio.CancelScope() as scope:
+            viewer.scope = scope
+            viewer.control(first, trio.current_time())
+            room.join(viewer)
+            try:
+                ws_buf: list[str] = []
+                while not viewer.closed:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        data = sock.recv(RECV)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        break
+                    if ws is not None:
+                        if not await self._ws_input(ws, viewer, room, data, ws_buf):
+                            break
+                    elif not data:
+                        break  # the viewer went away; anything it sends is ignored
+            finally:
+                room.leave(viewer)
+                viewer.close()
+        if ws is not None and not viewer.queue.empty:
+            # Let a close frame we queued go out, briefly.
+            with trio.move_on_after(1):
+                while not viewer.queue.empty:
+                    await trio.lowlevel.wait_writable(sock)
+                    viewer.queue.consume(sock.send(viewer.queue.peek()), trio.current_time())
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    with trio.move_on_after(10):
+        while view:
+            try:
+                n = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            view = view[n:]

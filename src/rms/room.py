@@ -1,0 +1,344 @@
+"""Rooms: one per video with viewers on this node, each a task in the rooms' nursery.
+
+A room holds the video's ring of recent comments (as ``Entry`` objects, encoded once),
+its viewers, and what is waiting for the next flush. The bus handler only appends to the
+ring and wakes the room; the room's task flushes, paced by ``FlushPacer``: one
+pre-encoded bytes object per encoding per flush, written to every viewer without
+waiting. A room is created by its first viewer and closes ``room_linger_s`` after its
+last one left (the linger keeps the ring warm across reconnect storms).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from backpressure.pacer import FlushPacer
+from backpressure.velocity import Velocity
+from livecomments.bus import Bus, BusEvent
+from livecomments.config import Settings
+from livecomments.model import Comment, Removal
+from livecomments.store.base import Store
+from ringbuf import Ring, TooOld
+from rms.frames import Encoding, Entry, control, heartbeat, join, wrap
+from rms.viewer import Viewer
+
+log = logging.getLogger("livecomments.rms")
+
+# Viewers written per flush before the room yields to the scheduler, so that accepts,
+# posts and other rooms keep flowing while a big room fans out.
+YIELD_EVERY = 512
+
+
+def visible_to(entry: Entry, user_id: str | None) -> bool:
+    c = entry.comment
+    return not c.shadow or (user_id is not None and c.author.id == user_id)
+
+
+class Room:
+    def __init__(self, video_id: str, rooms: Rooms) -> None:
+        settings, store, bus, metrics = rooms.settings, rooms.store, rooms.bus, rooms.metrics
+        self.owner = rooms
+        self.video_id = video_id
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        self.ring: Ring[Entry] = Ring(settings.ring_size)
+        self.viewers: set[Viewer] = set()
+        self.pending: list[Entry] = []
+        self.pending_ids: set[int] = set()
+        self.pending_removals: list[int] = []
+        self.removed_recent: deque[int] = deque(maxlen=settings.snapshot_size)
+        self.pacer = FlushPacer(settings.flush_rate, settings.flush_burst)
+        self.velocity = Velocity()
+        self.removals_total = 0
+        self.mode = "push"
+        self.version = 0  # bumps on every change a snapshot would show
+        self.ready = trio.Event()
+        self.closed = False
+        self.changed = trio.Event()  # set (and replaced) after every flush: long-poll waits on it
+        self._wake = trio.Event()
+        self._last_used = trio.current_time()
+        self._snapshot: tuple[int, bytes, str] | None = None
+
+    # -- bus side ---------------------------------------------------------------------
+
+    def on_event(self, event: BusEvent) -> None:
+        if isinstance(event, Comment):
+            entry = Entry(event)
+            if self.ring.append(entry):
+                self.pending.append(entry)
+                self.pending_ids.add(entry.id)
+                self.velocity.observe(trio.current_time())
+                self.version += 1
+                self._wake.set()
+        elif isinstance(event, Removal):
+            self.ring.remove(event.comment_id)
+            if event.comment_id in self.pending_ids:
+                self.pending_ids.discard(event.comment_id)
+                self.pending = [e for e in self.pending if e.id != event.comment_id]
+            self.pending_removals.append(event.comment_id)
+            self.removed_recent.append(event.comment_id)
+            self.removals_total += 1
+            self.version += 1
+            self._wake.set()
+
+    # -- viewer side --------------------------------------------------------------------
+
+    def touch(self) -> None:
+        self._last_used = trio.current_time()
+
+    def backlog(self, n: int, user_id: str | None) -> list[Entry]:
+        """The newest ``n`` entries this viewer may see, excluding those awaiting a flush
+        (the flush will bring them, so a joiner never gets one twice)."""
+        out: list[Entry] = []
+        for e in reversed(self.ring.last(n + len(self.pending) + 64)):
+            if e.id in self.pending_ids or not visible_to(e, user_id):
+                continue
+            out.append(e)
+            if len(out) >= n:
+                break
+        out.reverse()
+        return out
+
+    def replay(self, after_id: int, user_id: str | None) -> list[Entry]:
+        """Entries after ``after_id`` held in the ring (TooOld if it lost some)."""
+        return [
+            e for e in self.ring.since(after_id) if e.id not in self.pending_ids and visible_to(e, user_id)
+        ]
+
+    async def replay_from_store(self, after_id: int, user_id: str | None) -> list[Entry] | None:
+        """Replay older than the ring from the store; None when more than ``replay_max``."""
+        limit = self.settings.replay_max
+        comments = await self.store.after(self.video_id, after_id, limit + 1, user_id)
+        if len(comments) > limit:
+            return None
+        entries = []
+        for c in comments:
+            if c.id in self.pending_ids:
+                break  # the flush brings these and everything after them
+            held = self.ring.get(c.id)
+            entries.append(held if held is not None else Entry(c))
+        return entries
+
+    async def catch_up(self, after_id: int | None, backlog: int, user_id: str | None) -> tuple[bool, list[Entry]]:
+        """What a viewer gets on connect: (reset?, entries oldest first)."""
+        if after_id is None:
+            return False, self.backlog(backlog, user_id)
+        try:
+            return False, self.replay(after_id, user_id)
+        except TooOld:
+            pass
+        entries = await self.replay_from_store(after_id, user_id)
+        if entries is None:
+            return True, self.backlog(backlog, user_id)
+        return False, entries
+
+    def join(self, viewer: Viewer) -> None:
+        self.viewers.add(viewer)
+        self.owner.viewer_joined()
+        if self.mode != "push":
+            viewer.control(self.mode_frame(viewer.encoding), trio.current_time())
+
+    def leave(self, viewer: Viewer) -> None:
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            self.owner.viewer_left()
+            self._last_used = trio.current_time()
+            self._wake.set()
+
+    def mode_frame(self, encoding: Encoding) -> bytes:
+        data: dict[str, Any] = {"mode": self.mode}
+        if self.mode == "cdn":
+            data["snapshot_url"] = f"/v1/videos/{self.video_id}/snapshot.json"
+            data["interval_ms"] = 1000
+        return control("mode", data, encoding)
+
+    def goaway(self) -> None:
+        now = trio.current_time()
+        for v in list(self.viewers):
+            v.control(control("goaway", {"reconnect_ms": [500, 3000]}, v.encoding), now)
+
+    # -- the room's task ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.bus.subscribe(self.video_id, self.on_event)
+        try:
+            try:
+                seed = await self.store.latest(self.video_id, self.settings.ring_size)
+            except Exception as e:  # the room still serves live comments without history
+                log.warning("room %s: could not load history: %s", self.video_id, e)
+                seed = []
+            for c in seed:
+                self.ring.append(Entry(c))
+            if len(seed) >= self.settings.ring_size:
+                self.ring.forget_before(seed[0].id - 1)
+            self.ready.set()
+            task_status.started()
+            await self._loop()
+        finally:
+            self.closed = True
+            self.owner.forget(self)
+            self.ready.set()
+            self.changed.set()
+            with trio.CancelScope(shield=True):
+                await self.bus.unsubscribe(self.video_id, self.on_event)
+
+    async def _loop(self) -> None:
+        s = self.settings
+        next_heartbeat = trio.current_time() + s.heartbeat_s
+        while True:
+            now = trio.current_time()
+            if not self.viewers and now - self._last_used >= s.room_linger_s and not self.pending:
+                return
+            if not (self.pending or self.pending_removals):
+                deadline = min(next_heartbeat, self._last_used + s.room_linger_s if not self.viewers else next_heartbeat)
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+            now = trio.current_time()
+            if self.pending or self.pending_removals:
+                ready_at = self.pacer.ready_at(now)
+                if ready_at > now:
+                    await trio.sleep_until(ready_at)  # pacing: let a batch gather
+                start = trio.current_time()
+                await self.flush(start)
+                self.pacer.flushed(start, trio.current_time() - start)
+            if trio.current_time() >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = trio.current_time() + s.heartbeat_s
+
+    def _heartbeat(self) -> None:
+        now = trio.current_time()
+        frames = {enc: heartbeat(enc) for enc in Encoding}
+        for v in list(self.viewers):
+            if v.queue.clear:
+                v.control(frames[v.encoding], now)
+
+    async def flush(self, now: float) -> None:
+        entries, self.pending = self.pending, []
+        self.pending_ids = set()
+        removals, self.pending_removals = self.pending_removals, []
+        public = [e for e in entries if not e.comment.shadow]
+        private: dict[str, list[Entry]] = {}
+        for e in entries:
+            if e.comment.shadow:
+                private.setdefault(e.comment.author.id, []).append(e)
+        encoded: dict[Encoding, bytes] = {}
+        viewers = list(self.viewers)
+        n = len(public)
+        for i, v in enumerate(viewers):
+            enc = v.encoding
+            if private and v.user_id in private:
+                own = sorted(public + private[v.user_id], key=lambda e: e.id)
+                v.deliver(self._encode(enc, own, removals), len(own), now)
+            else:
+                data = encoded.get(enc)
+                if data is None:
+                    data = encoded[enc] = self._encode(enc, public, removals)
+                if data:
+                    v.deliver(data, n, now)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await trio.lowlevel.checkpoint()
+        self.metrics.delivered(n * len(viewers), len(viewers) if (n or removals) else 0)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @staticmethod
+    def _encode(enc: Encoding, entries: list[Entry], removals: Iterable[int]) -> bytes:
+        frames = join(entries, enc)
+        if removals:
+            frames += b"".join(
+                control("remove", {"id": str(r)}, Encoding.SSE_PLAIN if enc is not Encoding.WS else enc)
+                for r in removals
+            )
+        return wrap(enc, frames)
+
+    # -- snapshot -------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[bytes, str]:
+        """The public snapshot body and its ETag, rebuilt at most once per version."""
+        from rms.frames import dumps
+
+        if self._snapshot is None or self._snapshot[0] != self.version:
+            entries = [e for e in self.ring.last(self.settings.snapshot_size + 64) if not e.comment.shadow]
+            entries = entries[-self.settings.snapshot_size :]
+            body = dumps(
+                {
+                    "video_id": self.video_id,
+                    "mode": self.mode,
+                    "comments": [e.comment.to_json() for e in entries],
+                    "removed": [str(r) for r in self.removed_recent],
+                    "next": str(entries[-1].id) if entries else None,
+                }
+            )
+            etag = f'"{self.version:x}-{len(body):x}"'
+            self._snapshot = (self.version, body, etag)
+        return self._snapshot[1], self._snapshot[2]
+
+
+class Rooms:
+    """The rooms of this node, owned by the nursery that ``run`` opens."""
+
+    def __init__(self, settings: Settings, store: Store, bus: Bus, metrics: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.metrics = metrics
+        self.rooms: dict[str, Room] = {}
+        self._nursery: trio.Nursery | None = None
+        self.viewers = 0
+        self._empty = trio.Event()
+
+    def viewer_joined(self) -> None:
+        self.viewers += 1
+        self.metrics.viewer_joined()
+
+    def viewer_left(self) -> None:
+        self.viewers -= 1
+        self.metrics.viewer_left()
+        if self.viewers == 0:
+            self._empty.set()
+            self._empty = trio.Event()
+
+    async def wait_empty(self) -> None:
+        """Return once no viewer is connected to this node."""
+        if self.viewers:
+            await self._empty.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def get(self, video_id: str) -> Room:
+        """The video's room, created (and its history loaded) if it has none."""
+        room = self.rooms.get(video_id)
+        if room is None:
+            assert self._nursery is not None, "Rooms.run must be started first"
+            room = Room(video_id, self)
+            self.rooms[video_id] = room
+            self._nursery.start_soon(room.run)
+        await room.ready.wait()
+        if room.closed:
+            return await self.get(video_id)
+        room.touch()
+        return room
+
+    def forget(self, room: Room) -> None:
+        if self.rooms.get(room.video_id) is room:
+            del self.rooms[room.video_id]
+
+    def viewer_count(self, video_id: str) -> int:
+        room = self.rooms.get(video_id)
+        return len(room.viewers) if room else 0
+
+    def goaway(self) -> None:
+        for room in list(self.rooms.values()):
+            room.goaway()

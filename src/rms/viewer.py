@@ -1,0 +1,175 @@
+"""A viewer as the room sees it: somewhere to deliver pre-encoded bytes without waiting.
+
+``SocketViewer`` (the lean path) writes a batch with one non-blocking ``send()``. Only
+when the kernel buffer is full does the rest go to the viewer's bounded
+``OutboundQueue`` and a drainer task start in the front door's nursery; that task
+waits for the socket to become writable and exits when the queue is empty, or closes
+the connection when the viewer makes no progress for ``stuck_s`` seconds.
+
+``QueueViewer`` (the ASGI fallback path and WebSocket-over-ASGI) queues every batch and
+wakes the one task that writes through the framework.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+
+from backpressure.outbound import OutboundQueue
+from rms.frames import Encoding, gap_encoder
+
+
+class Viewer:
+    """The base: identity, encoding, queue and the delivery counters."""
+
+    __slots__ = ("user_id", "encoding", "queue", "closed", "scope")
+
+    def __init__(self, user_id: str | None, encoding: Encoding, limit: int, stuck_s: float) -> None:
+        self.user_id = user_id
+        self.encoding = encoding
+        self.queue = OutboundQueue(limit, stuck_s, gap_encoder(encoding))
+        self.closed = False
+        # The connection's cancel scope: closing the viewer ends its connection task.
+        self.scope: trio.CancelScope | None = None
+
+    def deliver(self, data: bytes, comments: int, now: float) -> None:
+        raise NotImplementedError
+
+    def control(self, data: bytes, now: float) -> None:
+        """A small control frame that must not be dropped (mode, goaway)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.scope is not None:
+                self.scope.cancel()
+
+
+class SocketViewer(Viewer):
+    __slots__ = ("sock", "nursery", "draining", "stats")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        nursery: trio.Nursery,
+        user_id: str | None,
+        encoding: Encoding,
+        limit: int,
+        stuck_s: float,
+        stats: Any,
+    ) -> None:
+        super().__init__(user_id, encoding, limit, stuck_s)
+        self.sock = sock
+        self.nursery = nursery
+        self.draining = False
+        self.stats = stats
+
+    def deliver(self, data: bytes, comments: int, now: float) -> None:
+        if self.closed:
+            return
+        q = self.queue
+        if not q.clear:
+            if not q.push(data, comments, now):
+                self.stats.dropped(comments)
+            self._drain()
+            return
+        try:
+            n = self.sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.close()
+            return
+        if n < len(data):
+            q.push_rest(data[n:], now)
+            self._drain()
+
+    def control(self, data: bytes, now: float) -> None:
+        if self.closed or not data:
+            return
+        if self.queue.clear:
+            self.deliver(data, 0, now)
+        else:
+            self.queue.push_control(data, now)
+            self._drain()
+
+    def _drain(self) -> None:
+        if not self.draining and not self.closed:
+            self.draining = True
+            self.nursery.start_soon(self._drain_task)
+
+    async def _drain_task(self) -> None:
+        q, sock = self.queue, self.sock
+        try:
+            while not self.closed:
+                if q.empty and not q.flush_gap(trio.current_time()):
+                    return
+                try:
+                    with trio.move_on_at(q.stuck_deadline()):
+                        await trio.lowlevel.wait_writable(sock)
+                except (trio.ClosedResourceError, OSError, ValueError):
+                    self.close()  # the connection closed the socket under us
+                    return
+                now = trio.current_time()
+                if q.is_stuck(now):
+                    self.stats.stuck()
+                    self.close()
+                    return
+                try:
+                    n = sock.send(q.peek())
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.close()
+                    return
+                q.consume(n, now)
+        finally:
+            self.draining = False
+
+
+class QueueViewer(Viewer):
+    """Everything goes through the queue; one framework task writes it out."""
+
+    __slots__ = ("wake", "stats")
+
+    def __init__(self, user_id: str | None, encoding: Encoding, limit: int, stuck_s: float, stats: Any) -> None:
+        super().__init__(user_id, encoding, limit, stuck_s)
+        self.wake = trio.Event()
+        self.stats = stats
+
+    def deliver(self, data: bytes, comments: int, now: float) -> None:
+        if self.closed:
+            return
+        if not self.queue.push(data, comments, now):
+            self.stats.dropped(comments)
+        self.wake.set()
+
+    def control(self, data: bytes, now: float) -> None:
+        if not self.closed and data:
+            self.queue.push_control(data, now)
+            self.wake.set()
+
+    def close(self) -> None:
+        super().close()
+        self.wake.set()
+
+    async def next_bytes(self) -> bytes | None:
+        """Everything waiting (waits for some); None once the viewer is closed."""
+        q = self.queue
+        while True:
+            if q.empty:
+                q.flush_gap(trio.current_time())
+            if not q.empty:
+                parts = []
+                while not q.empty:
+                    part = bytes(q.peek())
+                    q.consume(len(part), trio.current_time())
+                    parts.append(part)
+                return b"".join(parts)
+            if self.closed:
+                return None
+            self.wake = trio.Event()
+            await self.wake.wait()
