@@ -8,13 +8,13 @@ not block: a room's handler only appends to its ring and wakes its flush task.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, Union
+from typing import Protocol
 
 import attrs
 
 from livecomments.model import Comment, Removal
 
-BusEvent = Union[Comment, Removal]
+BusEvent = Comment | Removal
 Handler = Callable[[BusEvent], None]
 
 

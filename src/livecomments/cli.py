@@ -37,12 +37,14 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
+    import importlib
+
     try:
-        from benches.cli import main as bench_main
+        bench = importlib.import_module("benches.cli")
     except ImportError:
         print("livecomments bench: the benches package is not installed", file=sys.stderr)
         return 2
-    return bench_main(argv)
+    return int(bench.main(argv))
 
 
 def parser() -> argparse.ArgumentParser:

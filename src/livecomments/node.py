@@ -8,7 +8,6 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import trio
 
@@ -56,7 +55,7 @@ async def wait_for_signal() -> None:
 
 async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     """Run the all-in-one server until ``until`` returns, then drain and stop."""
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     issuer = TokenIssuer(signing_key(settings.jwt_secret, settings.data_dir))
     metrics = Metrics()
     lsock = listen(settings.host, settings.port)

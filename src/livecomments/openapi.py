@@ -41,7 +41,7 @@ def _q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
 
 
 def openapi(s: Settings) -> dict[str, Any]:
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     comment_list = {"type": "array", "items": {"$ref": "#/components/schemas/Comment"}}
     return {
         "openapi": "3.1.0",

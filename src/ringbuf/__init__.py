@@ -31,7 +31,7 @@ class TooOld(Exception):
 
 
 class Ring(Generic[T]):
-    __slots__ = ("_capacity", "_ids", "_items", "_evicted_max")
+    __slots__ = ("_capacity", "_evicted_max", "_ids", "_items")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:

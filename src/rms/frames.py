@@ -58,7 +58,7 @@ def sse_event(event: str, data: dict[str, Any], event_id: str | None = None) -> 
 class Entry:
     """A comment with its encodings, made once when it enters a room's ring."""
 
-    __slots__ = ("comment", "id", "sse", "_ws")
+    __slots__ = ("_ws", "comment", "id", "sse")
 
     def __init__(self, comment: Comment) -> None:
         self.comment = comment

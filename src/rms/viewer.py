@@ -24,7 +24,7 @@ from rms.frames import Encoding, gap_encoder
 class Viewer:
     """The base: identity, encoding, queue and the delivery counters."""
 
-    __slots__ = ("user_id", "encoding", "queue", "closed", "scope")
+    __slots__ = ("closed", "encoding", "queue", "scope", "user_id")
 
     def __init__(self, user_id: str | None, encoding: Encoding, limit: int, stuck_s: float) -> None:
         self.user_id = user_id
@@ -49,7 +49,7 @@ class Viewer:
 
 
 class SocketViewer(Viewer):
-    __slots__ = ("sock", "nursery", "draining", "stats")
+    __slots__ = ("draining", "nursery", "sock", "stats")
 
     def __init__(
         self,
@@ -133,7 +133,7 @@ class SocketViewer(Viewer):
 class QueueViewer(Viewer):
     """Everything goes through the queue; one framework task writes it out."""
 
-    __slots__ = ("wake", "stats")
+    __slots__ = ("stats", "wake")
 
     def __init__(self, user_id: str | None, encoding: Encoding, limit: int, stuck_s: float, stats: Any) -> None:
         super().__init__(user_id, encoding, limit, stuck_s)

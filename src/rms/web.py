@@ -55,7 +55,7 @@ async def events(video_id: str) -> Response:
     resp = Response(body(), content_type="text/event-stream; charset=utf-8")
     resp.headers["Cache-Control"] = "no-cache, no-store"
     resp.headers["X-Accel-Buffering"] = "no"
-    resp.timeout = None  # type: ignore[assignment]
+    resp.timeout = None
     return resp
 
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: Python venv with the project (always), and with --system the
+# services the test suite runs for real (Redis, nginx + Nchan, Chromium; Java/Maven for
+# Cassandra are expected on the machine). Safe to run again: it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--system" ]]; then
+  need=()
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v nginx >/dev/null || need+=(nginx)
+  [[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]] || need+=(libnginx-mod-nchan)
+  [[ -x /usr/bin/chromium ]] || need+=(chromium)
+  if ((${#need[@]})); then
+    echo "setup: installing ${need[*]}"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  # Debian starts the packaged services; the tests run their own, so stop those.
+  for svc in nginx redis-server; do
+    (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
+  done
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[dev]'
