@@ -24,7 +24,7 @@ from livecomments.bus import Bus
 from livecomments.config import Settings
 from livecomments.errors import Forbidden, NotFound, RateLimited, Unavailable, Unprocessable
 from livecomments.ids import SnowflakeGenerator
-from livecomments.model import Author, Comment, Removal
+from livecomments.model import Author, Comment, Reaction, Removal
 from livecomments.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("livecomments.ingest")
@@ -76,6 +76,7 @@ class CommentService:
         self.limiter = limiter
         self.metrics = metrics
         self.rule = Gcra.from_text(settings.rate_limit)
+        self.reaction_rule = Gcra.from_text(settings.reaction_rate_limit)
         self.ids = SnowflakeGenerator(settings.worker_id)
         self.wall_ms = wall_ms
 
@@ -123,3 +124,16 @@ class CommentService:
             raise Unavailable(str(e)) from None
         self.metrics.removals.inc()
         await self.bus.publish(video_id, Removal(video_id, comment_id))
+
+    async def react(self, video_id: str, comment_id: int, who: Identity) -> None:
+        """Count a reaction: sampled rooms prefer comments that have some."""
+        try:
+            comment = await self.store.get(video_id, comment_id)
+        except StoreUnavailable as e:
+            raise Unavailable(str(e)) from None
+        if comment is None or comment.shadow:
+            raise NotFound("no such comment", code="no_such_comment")
+        decision = await self.limiter.acquire("react:" + who.user_id, self.reaction_rule, trio.current_time())
+        if not decision.allowed:
+            raise RateLimited("too many reactions", Gcra.retry_after_header(decision.retry_after))
+        await self.bus.publish(video_id, Reaction(video_id, comment_id))

@@ -56,3 +56,14 @@ async def delete_comment(video_id: str, comment_id: str) -> Response:
     assert svc.comments is not None
     await svc.comments.delete(video_id, cid, who)
     return Response(status=204)
+
+
+@bp.post("/v1/videos/<video_id>/comments/<comment_id>/reactions")
+async def react(video_id: str, comment_id: str) -> Response:
+    check_video(video_id)
+    who = bearer()
+    cid = parse_id(comment_id, "comment id")
+    svc = services()
+    assert svc.comments is not None
+    await svc.comments.react(video_id, cid, who)
+    return json_response({"id": str(cid), "accepted": True}, 202)

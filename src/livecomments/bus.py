@@ -12,9 +12,9 @@ from typing import Protocol
 
 import attrs
 
-from livecomments.model import Comment, Removal
+from livecomments.model import Comment, ModeChange, Reaction, Removal
 
-BusEvent = Comment | Removal
+BusEvent = Comment | Removal | Reaction | ModeChange
 Handler = Callable[[BusEvent], None]
 
 

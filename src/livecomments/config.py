@@ -38,6 +38,7 @@ class Settings:
     guest_signin: bool = _setting(True, "allow POST /v1/auth/guest", kind=bool)
     rate_limit: str = attrs.field(default="5/10s", validator=_rate, metadata={"help": "comments per user (N/period)", "kind": str})
     guest_rate_limit: str = attrs.field(default="20/m", validator=_rate, metadata={"help": "guest sign-ins per client address", "kind": str})
+    reaction_rate_limit: str = attrs.field(default="30/10s", validator=_rate, metadata={"help": "reactions per user (N/period)", "kind": str})
     max_text: int = _setting(500, "longest comment text, in characters", kind=int)
     max_body: int = _setting(4096, "largest POST body, in bytes", kind=int)
     backlog: int = _setting(50, "comments a new viewer gets by default", kind=int)
@@ -67,6 +68,8 @@ class Settings:
     tier_cdn_at: int = _setting(100000, "viewers at which a video goes to cdn", kind=int)
     tier_cdn_below: int = _setting(80000, "viewers below which it returns to sampled", kind=int)
     tier_min_dwell_s: float = _setting(10.0, "seconds in a mode before it may change again", kind=float)
+    sample_target_per_s: float = _setting(20.0, "comments per second everyone sees in sampled mode", kind=float)
+    snapshot_interval_s: float = _setting(1.0, "seconds between snapshots in cdn mode", kind=float)
     log_level: str = _setting("info", "debug | info | warning | error")
 
     def url(self) -> str:

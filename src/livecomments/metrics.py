@@ -26,6 +26,11 @@ class Metrics:
         self.stuck_disconnects = Counter("livecomments_stuck_disconnects", "Viewers disconnected for making no progress", registry=r)
         self.connections = Counter("livecomments_connections", "Stream connections accepted", ["transport"], registry=r)
         self.removals = Counter("livecomments_removals", "Comments removed", registry=r)
+        self.mode_changes = Counter("livecomments_mode_changes", "Fan-out mode changes", ["to"], registry=r)
+        self.video_mode = Gauge("livecomments_video_mode", "Videos not in push mode (1 per video)", ["video_id", "mode"], registry=r)
+        self.sampled_out_total = Counter("livecomments_sampled_out", "Comments sampled out (sent to their author only)", registry=r)
+        self.snapshot_writes = Counter("livecomments_snapshot_writes", "Snapshots built", registry=r)
+        self.snapshot_bytes = Gauge("livecomments_snapshot_bytes", "Size of the last snapshot built", registry=r)
 
     # The room and viewer call these; they stay cheap (no labels on the hot path).
     def viewer_joined(self) -> None:
@@ -45,6 +50,24 @@ class Metrics:
 
     def stuck(self) -> None:
         self.stuck_disconnects.inc()
+
+    def mode_changed(self, video_id: str, old: str, new: str) -> None:
+        self.mode_changes.labels(new).inc()
+        if old != "push":
+            try:
+                self.video_mode.remove(video_id, old)
+            except KeyError:
+                pass
+        if new != "push":  # only the few big videos get a series
+            self.video_mode.labels(video_id, new).set(1)
+
+    def sampled_out(self, n: int) -> None:
+        if n:
+            self.sampled_out_total.inc(n)
+
+    def snapshot_written(self, size: int) -> None:
+        self.snapshot_writes.inc()
+        self.snapshot_bytes.set(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

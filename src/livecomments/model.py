@@ -84,3 +84,19 @@ class Removal:
 
     video_id: str
     comment_id: int
+
+
+@attrs.frozen
+class Reaction:
+    """Someone reacted to a comment (sampling prefers comments with reactions)."""
+
+    video_id: str
+    comment_id: int
+
+
+@attrs.frozen
+class ModeChange:
+    """A video's fan-out mode, decided once for the whole cluster."""
+
+    video_id: str
+    mode: str

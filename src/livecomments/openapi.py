@@ -114,6 +114,10 @@ def openapi(s: Settings) -> dict[str, Any]:
                 "parameters": [VIDEO, {"name": "comment_id", "in": "path", "required": True, "schema": ID}],
                 "delete": {"summary": "Delete (author, streamer, moderator)", "security": bearer, "responses": {"204": _resp("Removed everywhere"), **_errors(400, 401, 403, 404, 503)}},
             },
+            "/v1/videos/{video_id}/comments/{comment_id}/reactions": {
+                "parameters": [VIDEO, {"name": "comment_id", "in": "path", "required": True, "schema": ID}],
+                "post": {"summary": "React to a comment (sampling prefers comments with reactions)", "security": bearer, "responses": {"202": _resp("Counted", {"type": "object"}), **_errors(400, 401, 404, 429, 503)}},
+            },
             "/v1/videos/{video_id}/events": {
                 "parameters": [VIDEO],
                 "get": {

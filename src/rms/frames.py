@@ -58,11 +58,12 @@ def sse_event(event: str, data: dict[str, Any], event_id: str | None = None) -> 
 class Entry:
     """A comment with its encodings, made once when it enters a room's ring."""
 
-    __slots__ = ("_ws", "comment", "id", "sse")
+    __slots__ = ("_ws", "comment", "id", "reactions", "sse")
 
     def __init__(self, comment: Comment) -> None:
         self.comment = comment
         self.id = comment.id
+        self.reactions = 0
         self.sse = sse_event("comment", comment.to_json(), str(comment.id))
         self._ws: bytes | None = None
 

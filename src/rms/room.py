@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
 from backpressure.pacer import FlushPacer
+from backpressure.sampler import Candidate, Sampler
+from backpressure.tiers import Mode, Thresholds, TierController
 from backpressure.velocity import Velocity
 from livecomments.bus import Bus, BusEvent
 from livecomments.config import Settings
-from livecomments.model import Comment, Removal
+from livecomments.model import Comment, ModeChange, Reaction, Removal
 from livecomments.store.base import Store
 from ringbuf import Ring, TooOld
 from rms.frames import Encoding, Entry, control, heartbeat, join, wrap
@@ -56,8 +58,10 @@ class Room:
         self.removed_recent: deque[int] = deque(maxlen=settings.snapshot_size)
         self.pacer = FlushPacer(settings.flush_rate, settings.flush_burst)
         self.velocity = Velocity()
+        self.tier = TierController(rooms.thresholds)
+        self.sampler = Sampler(settings.sample_target_per_s)
         self.removals_total = 0
-        self.mode = "push"
+        self.mode: Mode = "push"
         self.version = 0  # bumps on every change a snapshot would show
         self.ready = trio.Event()
         self.closed = False
@@ -65,6 +69,7 @@ class Room:
         self._wake = trio.Event()
         self._last_used = trio.current_time()
         self._snapshot: tuple[int, bytes, str] | None = None
+        self._snapshot_at = float("-inf")
 
     # -- bus side ---------------------------------------------------------------------
 
@@ -77,6 +82,13 @@ class Room:
                 self.velocity.observe(trio.current_time())
                 self.version += 1
                 self._wake.set()
+        elif isinstance(event, Reaction):
+            reacted = self.ring.get(event.comment_id)
+            if reacted is not None:
+                reacted.reactions += 1
+        elif isinstance(event, ModeChange):
+            if event.mode in ("push", "sampled", "cdn") and event.mode != self.mode:
+                self.set_mode(event.mode)  # type: ignore[arg-type]
         elif isinstance(event, Removal):
             self.ring.remove(event.comment_id)
             if event.comment_id in self.pending_ids:
@@ -152,11 +164,22 @@ class Room:
             self._last_used = trio.current_time()
             self._wake.set()
 
+    def set_mode(self, mode: Mode) -> None:
+        """Switch the fan-out mode and tell every viewer (``mode`` event)."""
+        old, self.mode = self.mode, mode
+        self.version += 1
+        self._snapshot = None
+        self.metrics.mode_changed(self.video_id, old, mode)
+        now = trio.current_time()
+        frames = {enc: self.mode_frame(enc) for enc in Encoding}
+        for v in list(self.viewers):
+            v.control(frames[v.encoding], now)
+
     def mode_frame(self, encoding: Encoding) -> bytes:
         data: dict[str, Any] = {"mode": self.mode}
         if self.mode == "cdn":
             data["snapshot_url"] = f"/v1/videos/{self.video_id}/snapshot.json"
-            data["interval_ms"] = 1000
+            data["interval_ms"] = int(self.settings.snapshot_interval_s * 1000)
         return control("mode", data, encoding)
 
     def goaway(self) -> None:
@@ -224,11 +247,9 @@ class Room:
         entries, self.pending = self.pending, []
         self.pending_ids = set()
         removals, self.pending_removals = self.pending_removals, []
-        public = [e for e in entries if not e.comment.shadow]
-        private: dict[str, list[Entry]] = {}
-        for e in entries:
-            if e.comment.shadow:
-                private.setdefault(e.comment.author.id, []).append(e)
+        public, private = self._select(entries, now)
+        if self.mode == "cdn":
+            removals = []
         encoded: dict[Encoding, bytes] = {}
         viewers = list(self.viewers)
         n = len(public)
@@ -249,6 +270,37 @@ class Room:
         self.changed.set()
         self.changed = trio.Event()
 
+    def _select(self, entries: list[Entry], now: float) -> tuple[list[Entry], dict[str, list[Entry]]]:
+        """Split a batch into what everyone gets and what only its author gets.
+
+        Shadowed comments go to their author only, in every mode. In ``sampled`` mode the
+        sampler picks what everyone gets; the rest still reaches its author. In ``cdn``
+        mode nobody is pushed comments (they read the snapshot), except an author's own
+        shadowed ones, which no snapshot may carry.
+        """
+        private: dict[str, list[Entry]] = {}
+        visible = []
+        for e in entries:
+            if e.comment.shadow:
+                private.setdefault(e.comment.author.id, []).append(e)
+            else:
+                visible.append(e)
+        if self.mode == "push" or not visible:
+            return visible, private
+        if self.mode == "cdn":
+            return [], private
+        keep = self.sampler.choose(
+            [Candidate(e.id, e.comment.streamer, e.comment.author.verified, e.reactions) for e in visible], now
+        )
+        public = []
+        for e in visible:
+            if e.id in keep:
+                public.append(e)
+            else:
+                private.setdefault(e.comment.author.id, []).append(e)
+        self.metrics.sampled_out(len(visible) - len(public))
+        return public, private
+
     @staticmethod
     def _encode(enc: Encoding, entries: list[Entry], removals: Iterable[int]) -> bytes:
         frames = join(entries, enc)
@@ -265,7 +317,11 @@ class Room:
         """The public snapshot body and its ETag, rebuilt at most once per version."""
         from rms.frames import dumps
 
-        if self._snapshot is None or self._snapshot[0] != self.version:
+        now = trio.current_time()
+        stale = self._snapshot is None or self._snapshot[0] != self.version
+        if stale and self.mode == "cdn" and self._snapshot is not None and now - self._snapshot_at < self.settings.snapshot_interval_s:
+            stale = False  # cdn mode: one snapshot per interval, whatever the edge asks
+        if stale or self._snapshot is None:
             entries = [e for e in self.ring.last(self.settings.snapshot_size + 64) if not e.comment.shadow]
             entries = entries[-self.settings.snapshot_size :]
             body = dumps(
@@ -279,6 +335,8 @@ class Room:
             )
             etag = f'"{self.version:x}-{len(body):x}"'
             self._snapshot = (self.version, body, etag)
+            self._snapshot_at = now
+            self.metrics.snapshot_written(len(body))
         return self._snapshot[1], self._snapshot[2]
 
 
@@ -294,6 +352,34 @@ class Rooms:
         self._nursery: trio.Nursery | None = None
         self.viewers = 0
         self._empty = trio.Event()
+        self.thresholds = Thresholds(
+            settings.tier_sampled_at,
+            settings.tier_sampled_below,
+            settings.tier_cdn_at,
+            settings.tier_cdn_below,
+            settings.tier_min_dwell_s,
+        )
+        # How many viewers a video has in total. A cluster replaces this with the sum
+        # over every rms node (and decides modes once for all nodes, see ``decide``).
+        self.count_viewers: Callable[[str], Awaitable[int]] = self._local_count
+        self.decide: Callable[[Room, Mode], Awaitable[None]] = self._decide_locally
+
+    async def _local_count(self, video_id: str) -> int:
+        return self.viewer_count(video_id)
+
+    async def _decide_locally(self, room: Room, mode: Mode) -> None:
+        room.set_mode(mode)
+
+    async def tier_loop(self, interval: float = 1.0) -> None:
+        """Once a second, feed each room's total viewers to its tier controller."""
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for room in list(self.rooms.values()):
+                total = await self.count_viewers(room.video_id)
+                change = room.tier.observe(total, now)
+                if change is not None:
+                    await self.decide(room, change)
 
     def viewer_joined(self) -> None:
         self.viewers += 1
@@ -314,8 +400,8 @@ class Rooms:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.tier_loop)
             task_status.started()
-            await trio.sleep_forever()
 
     async def get(self, video_id: str) -> Room:
         """The video's room, created (and its history loaded) if it has none."""
