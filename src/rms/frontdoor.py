@@ -283,7 +283,10 @@ class FrontDoor:
     async def _ws_command(self, ws: WSConnection, viewer: SocketViewer, room: Room, text: str) -> None:
         now = trio.current_time()
         try:
-            msg = json.loads(text)
+            try:
+                msg = json.loads(text)
+            except ValueError:
+                raise ValueError("messages are JSON objects") from None
             if not isinstance(msg, dict) or msg.get("type") != "resume":
                 raise ValueError("unknown message: send {\"type\": \"resume\", \"after\": \"<id>\"}")
             after = parse_id(str(msg.get("after", "")), "after")
