@@ -29,6 +29,7 @@ class Metrics:
         self.mode_changes = Counter("livecomments_mode_changes", "Fan-out mode changes", ["to"], registry=r)
         self.video_mode = Gauge("livecomments_video_mode", "Videos not in push mode (1 per video)", ["video_id", "mode"], registry=r)
         self.sampled_out_total = Counter("livecomments_sampled_out", "Comments sampled out (sent to their author only)", registry=r)
+        self.tier_evaluations = Counter("livecomments_tier_evaluations", "Rounds of tier decisions", registry=r)
         self.snapshot_writes = Counter("livecomments_snapshot_writes", "Snapshots built", registry=r)
         self.snapshot_bytes = Gauge("livecomments_snapshot_bytes", "Size of the last snapshot built", registry=r)
 

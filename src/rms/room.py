@@ -380,6 +380,7 @@ class Rooms:
                 change = room.tier.observe(total, now)
                 if change is not None:
                     await self.decide(room, change)
+            self.metrics.tier_evaluations.inc()
 
     def viewer_joined(self) -> None:
         self.viewers += 1

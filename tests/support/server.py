@@ -22,7 +22,7 @@ class ServerProcess:
 
     def __init__(self, env: dict[str, str] | None = None, data_dir: str | None = None) -> None:
         self.env = {**os.environ, **(env or {})}
-        self.env.setdefault("LIVECOMMENTS_JWT_SECRET", "test-secret")
+        self.env.setdefault("LIVECOMMENTS_JWT_SECRET", "test-secret-for-the-livecomments-suite")
         self.env["PYTHONUNBUFFERED"] = "1"
         self._tmp = tempfile.TemporaryDirectory(prefix="lc-test-") if data_dir is None else None
         self.data_dir = data_dir or self._tmp.name  # type: ignore[union-attr]
