@@ -51,6 +51,8 @@ WS_MESSAGE_LIMIT = 4096
 RECV = 65536
 
 Handoff = Callable[[socket.socket, bytes], Awaitable[None]]
+# What a lean stream needs once its head is answered: room, user, encoding, first bytes, ws.
+Opened = tuple["Room", str | None, Encoding, bytes, WSConnection | None]
 
 
 class FrontDoor:
@@ -119,53 +121,61 @@ class FrontDoor:
     async def _connection(self, sock: socket.socket) -> None:
         handed_off = False
         try:
-            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
-            raw = bytearray()
-            request: h11.Request | None = None
-            with trio.move_on_after(HEAD_TIMEOUT_S):
-                while request is None:
-                    try:
-                        event = conn.next_event()
-                    except h11.RemoteProtocolError as e:
-                        await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
-                        return
-                    if event is h11.NEED_DATA:
-                        await trio.lowlevel.wait_readable(sock)
-                        try:
-                            data = sock.recv(RECV)
-                        except BlockingIOError:
-                            continue
-                        if not data:
-                            return
-                        raw += data
-                        conn.receive_data(data)
-                    elif isinstance(event, h11.Request):
-                        request = event
-                    else:
-                        return
-            if request is None:
-                return
-            target = request.target.decode("latin-1")
-            split = urlsplit(target)
-            m = STREAM_PATH.match(split.path)
-            headers = {k.lower(): v for k, v in request.headers}
-            if m and request.method == b"GET" and request.http_version == b"1.1" and not self.draining:
-                video_id = unquote(m.group(1))
-                query = dict(parse_qsl(split.query, keep_blank_values=True))
-                if m.group(2) == "events":
-                    await self._sse(sock, conn, video_id, query, headers)
-                    return
-                if headers.get(b"upgrade", b"").lower() == b"websocket":
-                    await self._websocket(sock, bytes(raw), video_id, query)
-                    return
-            handed_off = True
-            await self.handoff(sock, bytes(raw))
+            opened = await self._open(sock)
+            # Everything the request head needed (h11 state, raw bytes, headers) is gone
+            # by now: a long-lived viewer keeps only what streaming needs.
+            if isinstance(opened, bytes):
+                handed_off = True
+                await self.handoff(sock, opened)
+            elif opened is not None:
+                await self._stream(sock, *opened)
         except (OSError, trio.ClosedResourceError):
             pass
         finally:
             if not handed_off:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
+
+    async def _open(self, sock: socket.socket) -> Opened | bytes | None:
+        """Read the request head; open a lean stream (its parts), or return the bytes to
+        hand to Hypercorn, or None when the connection is done (closed, or answered)."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        raw = bytearray()
+        request: h11.Request | None = None
+        with trio.move_on_after(HEAD_TIMEOUT_S):
+            while request is None:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as e:
+                    await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
+                    return None
+                if event is h11.NEED_DATA:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        data = sock.recv(RECV)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        return None
+                    raw += data
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    request = event
+                else:
+                    return None
+        if request is None:
+            return None
+        split = urlsplit(request.target.decode("latin-1"))
+        m = STREAM_PATH.match(split.path)
+        if m and request.method == b"GET" and request.http_version == b"1.1" and not self.draining:
+            headers = {k.lower(): v for k, v in request.headers}
+            video_id = unquote(m.group(1))
+            query = dict(parse_qsl(split.query, keep_blank_values=True))
+            if m.group(2) == "events":
+                return await self._sse(sock, conn, video_id, query, headers)
+            if headers.get(b"upgrade", b"").lower() == b"websocket":
+                return await self._websocket(sock, bytes(raw), video_id, query)
+        return bytes(raw)
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -195,14 +205,16 @@ class FrontDoor:
 
     # -- SSE ------------------------------------------------------------------------------
 
-    async def _sse(self, sock: socket.socket, conn: h11.Connection, video_id: str, query: dict[str, str], headers: dict[bytes, bytes]) -> None:
+    async def _sse(
+        self, sock: socket.socket, conn: h11.Connection, video_id: str, query: dict[str, str], headers: dict[bytes, bytes]
+    ) -> Opened | None:
         s = self.settings
         last = headers.get(b"last-event-id")
         try:
             params = stream_params(s, self.issuer, video_id, query, last.decode("latin-1") if last is not None else None)
         except LivecommentsError as e:
             await self._lc_error(sock, conn, e)
-            return
+            return None
         room = await self.rooms.get(video_id)
         user_id = params.identity.user_id if params.identity else None
         reset, entries = await room.catch_up(params.after, params.backlog, user_id)
@@ -221,16 +233,16 @@ class FrontDoor:
         if reset:
             first += control("reset", {}, Encoding.SSE_PLAIN)
         first += join(entries, Encoding.SSE)
-        await self._stream(sock, room, user_id, Encoding.SSE, (head or b"") + chunk(first), None)
+        return room, user_id, Encoding.SSE, (head or b"") + chunk(first), None
 
     # -- WebSocket ------------------------------------------------------------------------
 
-    async def _websocket(self, sock: socket.socket, raw: bytes, video_id: str, query: dict[str, str]) -> None:
+    async def _websocket(self, sock: socket.socket, raw: bytes, video_id: str, query: dict[str, str]) -> Opened | None:
         ws = WSConnection(ConnectionType.SERVER)
         ws.receive_data(raw)
         request = next((e for e in ws.events() if isinstance(e, Request)), None)
         if request is None:
-            return
+            return None
         try:
             params = stream_params(self.settings, self.issuer, video_id, query, None)
         except LivecommentsError as e:
@@ -244,7 +256,7 @@ class FrontDoor:
             )
             out += ws.send(RejectData(data=body))
             await _send_all(sock, out)
-            return
+            return None
         room = await self.rooms.get(video_id)
         user_id = params.identity.user_id if params.identity else None
         reset, entries = await room.catch_up(params.after, params.backlog, user_id)
@@ -252,7 +264,7 @@ class FrontDoor:
         if reset:
             first += control("reset", {}, Encoding.WS)
         first += join(entries, Encoding.WS)
-        await self._stream(sock, room, user_id, Encoding.WS, first, ws)
+        return room, user_id, Encoding.WS, first, ws
 
     async def _ws_input(self, ws: WSConnection, viewer: SocketViewer, room: Room, data: bytes, buf: list[str]) -> bool:
         """Handle client frames; False when the connection should end."""
