@@ -1,0 +1,160 @@
+"""Store fixtures: every contract test runs on SQLite and on a real CQL server.
+
+The CQL server is Apache Cassandra 5.0 (tests/services/cassandra.py), started once per
+session and only when a CQL test is collected; each session gets its own keyspace and each
+test its own video ids. ``LIVECOMMENTS_TEST_SCYLLA_HOSTS=host:port,...`` points the same
+tests at an existing cluster (ScyllaDB, say) instead; the outage test then skips, since it
+kills the server.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from livecomments.ids import SnowflakeGenerator
+from livecomments.model import Author, Comment
+from livecomments.store.base import Store
+from livecomments.store.scylla import ScyllaStore, migrate
+from livecomments.store.sqlite import SqliteStore
+from tests.services.cassandra import CassandraServer
+
+HOSTS_ENV = "LIVECOMMENTS_TEST_SCYLLA_HOSTS"
+# The contract suite's CQL store uses one-minute buckets so that ordinary tests (whose ids
+# are spread over simulated minutes, see ``Comments``) also walk partitions across buckets.
+TEST_BUCKET_S = 60
+
+
+@attrs.frozen
+class CqlTarget:
+    hosts: list[str]
+    keyspace: str
+    server: CassandraServer | None  # None: an external cluster we must not kill
+
+
+@pytest.fixture(scope="session")
+def cql_server() -> Iterator[CassandraServer | None]:
+    if os.environ.get(HOSTS_ENV):
+        yield None
+        return
+    server = CassandraServer()
+    server.start()
+    print(f"\nCassandra on {server.host}:{server.port} started in {server.started_in_s:.1f} s")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cql(cql_server: CassandraServer | None) -> Iterator[CqlTarget]:
+    """Hosts and a migrated keyspace of this session's own (dropped at the end)."""
+    hosts = cql_server.hosts if cql_server is not None else os.environ[HOSTS_ENV].split(",")
+    keyspace = f"lc_test_{secrets.token_hex(4)}"
+    trio.run(migrate, hosts, keyspace, 3600)
+    yield CqlTarget(hosts=hosts, keyspace=keyspace, server=cql_server)
+    if cql_server is None or cql_server.running():
+        trio.run(drop_keyspace, hosts, keyspace)
+
+
+async def drop_keyspace(hosts: list[str], keyspace: str) -> None:
+    from livecomments.store.scylla import _make_cluster, consistency_level, parse_hosts
+
+    def run() -> None:
+        cluster = _make_cluster(parse_hosts(hosts), consistency=consistency_level("ONE"), request_timeout_s=60)
+        try:
+            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+        finally:
+            cluster.shutdown()
+
+    await trio.to_thread.run_sync(run)
+
+
+@attrs.frozen
+class Backend:
+    """How to open one adapter's store; ``open()`` may be called again (reopen tests)."""
+
+    kind: str
+    path: Path | None = None
+    cql: CqlTarget | None = None
+
+    def open(self, **kw: Any) -> AbstractAsyncContextManager[Store]:
+        return self._open(**kw)
+
+    @asynccontextmanager
+    async def _open(self, **kw: Any) -> AsyncIterator[Store]:
+        if self.kind == "sqlite":
+            assert self.path is not None
+            async with SqliteStore.open(str(self.path), **kw) as s:
+                yield s
+        else:
+            assert self.cql is not None
+            kw.setdefault("bucket_s", TEST_BUCKET_S)
+            async with ScyllaStore.open(self.cql.hosts, self.cql.keyspace, **kw) as s:
+                yield s
+
+
+@pytest.fixture(params=["sqlite", "scylla"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", path=tmp_path / "comments.db")
+    # Resolved lazily: a run of only the SQLite cases never starts Java.
+    return Backend("scylla", cql=request.getfixturevalue("cql"))
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    async with backend.open() as s:
+        yield s
+
+
+@attrs.define
+class Comments:
+    """Makes comments with real Snowflake ids for one video.
+
+    Each comment is ``step_ms`` after the previous one in simulated time (default 7 s), so
+    a few dozen comments span several one-minute buckets. Time starts an hour ago: well
+    inside any TTL, and never in the future.
+    """
+
+    video_id: str
+    step_ms: int = 7_000
+    _gen: SnowflakeGenerator = attrs.field(factory=lambda: SnowflakeGenerator(worker=7))
+    _t: int = attrs.field(factory=lambda: int(time.time() * 1000) - 3_600_000)
+
+    def make(
+        self,
+        text: str = "hello",
+        *,
+        author: str = "alice",
+        shadow: bool = False,
+        verified: bool = False,
+        streamer: bool = False,
+        client_id: str | None = None,
+        step_ms: int | None = None,
+    ) -> Comment:
+        self._t += self.step_ms if step_ms is None else step_ms
+        return Comment(
+            id=self._gen.next_id(self._t),
+            video_id=self.video_id,
+            author=Author(id=author, name=author.title(), verified=verified),
+            text=text,
+            created_at=self._t,
+            client_id=client_id,
+            shadow=shadow,
+            streamer=streamer,
+        )
+
+
+@pytest.fixture
+def comments(video: str) -> Comments:
+    return Comments(video)
