@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: Python venv with the project (always), and with --system the
-# services the test suite runs for real (Redis, nginx + Nchan, Chromium; Java/Maven for
-# Cassandra are expected on the machine). Safe to run again: it skips what is there.
+# services the test suite runs for real (Redis, nginx + Nchan, Chromium, and Java + Maven
+# for the Cassandra the CQL tests start). Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ if [[ "${1:-}" == "--system" ]]; then
   command -v nginx >/dev/null || need+=(nginx)
   [[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]] || need+=(libnginx-mod-nchan)
   [[ -x /usr/bin/chromium ]] || need+=(chromium)
+  command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || need+=(maven)
   if ((${#need[@]})); then
     echo "setup: installing ${need[*]}"
     SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
@@ -29,3 +31,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
+
+if [[ "${1:-}" == "--system" ]]; then
+  # Cassandra's jars (for the CQL store tests), fetched once into ~/.cache.
+  .venv/bin/python tests/services/cassandra.py fetch
+fi
