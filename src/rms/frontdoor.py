@@ -229,10 +229,7 @@ class FrontDoor:
                 ],
             )
         )
-        first = b"retry: %d\n\n" % s.retry_ms
-        if reset:
-            first += control("reset", {}, Encoding.SSE_PLAIN)
-        first += join(entries, Encoding.SSE)
+        first = b"retry: %d\n\n" % s.retry_ms + room.opening(Encoding.SSE, reset, entries)
         return room, user_id, Encoding.SSE, (head or b"") + chunk(first), None
 
     # -- WebSocket ------------------------------------------------------------------------
@@ -260,10 +257,7 @@ class FrontDoor:
         room = await self.rooms.get(video_id)
         user_id = params.identity.user_id if params.identity else None
         reset, entries = await room.catch_up(params.after, params.backlog, user_id)
-        first = ws.send(AcceptConnection())
-        if reset:
-            first += control("reset", {}, Encoding.WS)
-        first += join(entries, Encoding.WS)
+        first = ws.send(AcceptConnection()) + room.opening(Encoding.WS, reset, entries)
         return room, user_id, Encoding.WS, first, ws
 
     async def _ws_input(self, ws: WSConnection, viewer: SocketViewer, room: Room, data: bytes, buf: list[str]) -> bool:

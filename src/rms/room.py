@@ -151,11 +151,18 @@ class Room:
             return True, self.backlog(backlog, user_id)
         return False, entries
 
+    def opening(self, encoding: Encoding, reset: bool, entries: list[Entry]) -> bytes:
+        """What a viewer gets first, unwrapped: the mode (when not push), so the client
+        knows how to read what follows, then ``reset`` if asked, then its catch-up."""
+        plain = Encoding.WS if encoding is Encoding.WS else Encoding.SSE_PLAIN
+        out = self.mode_frame(plain) if self.mode != "push" else b""
+        if reset:
+            out += control("reset", {}, plain)
+        return out + join(entries, encoding)
+
     def join(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
         self.owner.viewer_joined()
-        if self.mode != "push":
-            viewer.control(self.mode_frame(viewer.encoding), trio.current_time())
 
     def leave(self, viewer: Viewer) -> None:
         if viewer in self.viewers:
@@ -186,6 +193,16 @@ class Room:
         now = trio.current_time()
         for v in list(self.viewers):
             v.control(control("goaway", {"reconnect_ms": [500, 3000]}, v.encoding), now)
+
+    def backfill_gap(self, first_id: int, missed: int) -> None:
+        """The bus resubscribed after an outage but could not replay everything live:
+        ``missed`` comments before ``first_id`` will not come through it. Replays from a
+        cursor before ``first_id`` go to the store from now on, and every viewer is told
+        with a ``gap`` event. (Cluster mode only; not on the delivery path.)"""
+        self.ring.forget_before(first_id - 1)
+        now = trio.current_time()
+        for v in list(self.viewers):
+            v.control(control("gap", {"missed": missed}, v.encoding), now)
 
     # -- the room's task ----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from quart import Blueprint, Response, request
 
 from livecomments.errors import NotFound
 from livecomments.web import json_response, optional_identity, services
-from rms.frames import Encoding, control, join
+from rms.frames import Encoding
 from rms.params import check_video, parse_float, parse_id, parse_int, stream_params
 from rms.room import Room
 from rms.viewer import QueueViewer
@@ -34,10 +34,8 @@ async def events(video_id: str) -> Response:
     user_id = params.identity.user_id if params.identity else None
     reset, entries = await room.catch_up(params.after, params.backlog, user_id)
     viewer = QueueViewer(user_id, Encoding.SSE_PLAIN, s.viewer_buffer, s.stuck_s, svc.metrics)
-    first = b"retry: %d\n\n" % s.retry_ms
-    if reset:
-        first += control("reset", {}, Encoding.SSE_PLAIN)
-    viewer.control(first + join(entries, Encoding.SSE_PLAIN), trio.current_time())
+    first = b"retry: %d\n\n" % s.retry_ms + room.opening(Encoding.SSE_PLAIN, reset, entries)
+    viewer.control(first, trio.current_time())
     room.join(viewer)
     svc.metrics.connections.labels("sse-asgi").inc()
 
