@@ -533,6 +533,7 @@
   let reconnectTimer = null;
   let streamTokenSuspect = false; // a connection with the token failed: try once without
   let modeConfirmed = true; // false from a (re)connect until the server states the mode
+  let resuming = false; // left cdn mode: the stream's comments wait for the resume
 
   function closeStream() {
     esGen++;
@@ -550,6 +551,7 @@
   function connectStream() {
     closeStream();
     const gen = esGen;
+    resuming = false;
     const params = new URLSearchParams();
     const token = auth.valid() && !streamTokenSuspect ? auth.token : null;
     if (token) params.set("token", token);
@@ -595,6 +597,10 @@
       });
 
     on("comment", (c) => {
+      // Leaving cdn mode, the resume replays everything after lastId; showing what the old
+      // stream carries meanwhile would move lastId past the comments posted since the last
+      // snapshot, and the resume would skip them.
+      if (resuming) return;
       if (state.mode === "cdn" && !modeConfirmed) {
         // Comments over the stream after a reconnect: the video is back to push.
         stopCdn();
@@ -633,7 +639,9 @@
     setStatus({ mode });
     if (wasCdn && es) {
       // Back to push: the stream did not carry comments meanwhile; resume it from the
-      // last id shown (after a short jitter, everyone is told at once).
+      // last id shown (after a short jitter, everyone is told at once). Until then the
+      // old stream's comments are left to the resume (see the comment handler).
+      resuming = true;
       const gen = esGen;
       setTimeout(() => {
         if (gen === esGen) connectStream();
