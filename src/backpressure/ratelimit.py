@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
@@ -19,6 +20,12 @@ class Decision:
 class RateLimiter(Protocol):
     async def acquire(self, key: str, rule: Gcra, now: float) -> Decision:
         """Count one event for ``key`` under ``rule`` if allowed (atomically)."""
+
+    async def acquire_many(self, items: Sequence[tuple[str, Gcra]], now: float) -> Decision:
+        """All or nothing: allowed only if every (key, rule) allows; then each is counted,
+        otherwise none is. ``retry_after`` is the longest wait among the refusals.
+        (A post checks the per-user limit and the video's slow mode this way, so that
+        only accepted posts count.)"""
 
 
 @attrs.define
@@ -45,6 +52,29 @@ class InMemoryRateLimiter:
 
     async def acquire(self, key: str, rule: Gcra, now: float) -> Decision:
         return self.check(key, rule, now)
+
+    def check_many(self, items: Sequence[tuple[str, Gcra]], now: float) -> Decision:
+        tats: dict[str, float | None] = {}  # a key named twice sees its first count
+        new: list[tuple[str, float]] = []
+        retry = 0.0
+        for key, rule in items:
+            allowed, new_tat, wait = rule.check(tats.get(key, self._tats.get(key)), now)
+            if allowed:
+                tats[key] = new_tat
+                new.append((key, new_tat))
+            else:
+                retry = max(retry, wait)
+        if retry > 0.0 or len(new) < len(items):
+            return Decision(False, retry)
+        for key, tat in new:
+            self._tats[key] = tat
+            self._tats.move_to_end(key)
+        if len(self._tats) > self.max_keys:
+            self._evict(now)
+        return Decision(True, 0.0)
+
+    async def acquire_many(self, items: Sequence[tuple[str, Gcra]], now: float) -> Decision:
+        return self.check_many(items, now)
 
     def __len__(self) -> int:
         return len(self._tats)

@@ -13,7 +13,7 @@ import logging
 import time
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -26,6 +26,10 @@ from livecomments.errors import Forbidden, NotFound, RateLimited, Unavailable, U
 from livecomments.ids import SnowflakeGenerator
 from livecomments.model import Author, Comment, Reaction, Removal
 from livecomments.store.base import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from ingest.moderation import ModerationService
+    from livecomments.moderation.pipeline import ModerationQueue
 
 log = logging.getLogger("livecomments.ingest")
 
@@ -69,26 +73,38 @@ class CommentService:
         metrics: Any,
         *,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        moderation: ModerationService | None = None,
+        queue: ModerationQueue | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
         self.limiter = limiter
         self.metrics = metrics
+        self.moderation = moderation  # bans and slow mode (in-memory cache), the log
+        self.queue = queue  # automod's queue: accepted comments are offered, never awaited
         self.rule = Gcra.from_text(settings.rate_limit)
         self.reaction_rule = Gcra.from_text(settings.reaction_rate_limit)
         self.ids = SnowflakeGenerator(settings.worker_id)
         self.wall_ms = wall_ms
 
     async def post(self, video_id: str, who: Identity, text: object, client_id: object = None) -> Comment:
+        # Bans first (403 whatever the text), then the text, then the limits: the
+        # per-user limit and the video's slow mode are counted together or not at all.
+        policy = self.moderation.policy(video_id, who) if self.moderation is not None else None
         clean = clean_text(text, self.settings.max_text)
         cid = clean_client_id(client_id)
-        decision = await self.limiter.acquire("user:" + who.user_id, self.rule, trio.current_time())
+        limits = [("user:" + who.user_id, self.rule)]
+        slow = policy.slow_mode_s if policy is not None else 0
+        if slow:
+            # The interval is part of the key: changing it starts everyone's count afresh.
+            limits.append((f"slow:{video_id}:{slow}:{who.user_id}", Gcra(1, float(slow))))
+        decision = await self.limiter.acquire_many(limits, trio.current_time())
         if not decision.allowed:
-            raise RateLimited(
-                f"at most {self.rule.count} comments per {self.rule.period:g} s",
-                Gcra.retry_after_header(decision.retry_after),
-            )
+            detail = f"at most {self.rule.count} comments per {self.rule.period:g} s"
+            if slow:
+                detail += f", and slow mode allows one comment per {slow} s on this video"
+            raise RateLimited(detail, Gcra.retry_after_header(decision.retry_after))
         now = self.wall_ms()
         comment = Comment(
             id=self.ids.next_id(now),
@@ -97,6 +113,7 @@ class CommentService:
             text=clean,
             created_at=now,
             client_id=cid,
+            shadow=policy is not None and policy.shadow,
             streamer=who.is_streamer(video_id),
         )
         try:
@@ -107,6 +124,10 @@ class CommentService:
             await self.bus.publish(video_id, comment)
         except Exception as e:  # stored: viewers get it by replay; the poster gets 201
             log.warning("publish failed for %s/%s: %s", video_id, comment.id, e)
+        if self.queue is not None and not comment.shadow:
+            # Never waits: a full queue means this comment skips automod (counted).
+            # Shadowed comments reach nobody else, so there is nothing to protect.
+            self.queue.offer(comment)
         return comment
 
     async def delete(self, video_id: str, comment_id: int, who: Identity) -> None:
@@ -118,15 +139,47 @@ class CommentService:
             raise NotFound("no such comment", code="no_such_comment")
         if not (comment.author.id == who.user_id or who.is_streamer(video_id) or who.moderator):
             raise Forbidden("only the author, the streamer or a moderator may delete a comment")
+        await self.remove(comment, actor=who.user_id)
+
+    async def remove(
+        self,
+        comment: Comment,
+        *,
+        actor: str,
+        action: str = "delete",
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+        on_removed: Callable[[], None] | None = None,
+    ) -> bool:
+        """Take a comment off every screen and read path: a tombstone in the store, then a
+        ``Removal`` on the bus (``on_removed`` is called right then). Manual deletes and
+        automod both come here. The decision is logged (except an author deleting their
+        own shadowed comment, which nobody else ever saw). False when the comment was
+        already removed."""
+        video_id, comment_id = comment.video_id, comment.id
         try:
-            await self.store.remove(video_id, comment_id)
+            removed = await self.store.remove(video_id, comment_id)
         except StoreUnavailable as e:
             raise Unavailable(str(e)) from None
         self.metrics.removals.inc()
         await self.bus.publish(video_id, Removal(video_id, comment_id))
+        if removed and on_removed is not None:
+            on_removed()
+        if removed and self.moderation is not None and not (comment.shadow and actor == comment.author.id):
+            entry = self.moderation.entry(
+                video_id, actor, action, target_user=comment.author.id, comment_id=comment_id,
+                reason=reason, details=details,
+            )
+            try:
+                await self.moderation.record(entry)
+            except Unavailable as e:  # the removal stands; the log misses one line
+                log.error("moderation log: could not record %s of %s/%s: %s", action, video_id, comment_id, e)
+        return removed
 
     async def react(self, video_id: str, comment_id: int, who: Identity) -> None:
-        """Count a reaction: sampled rooms prefer comments that have some."""
+        """Count a reaction: sampled rooms prefer comments that have some. An overtly
+        banned user gets 403; a shadow-banned user's reactions are accepted and ignored."""
+        policy = self.moderation.policy(video_id, who) if self.moderation is not None else None
         try:
             comment = await self.store.get(video_id, comment_id)
         except StoreUnavailable as e:
@@ -136,4 +189,6 @@ class CommentService:
         decision = await self.limiter.acquire("react:" + who.user_id, self.reaction_rule, trio.current_time())
         if not decision.allowed:
             raise RateLimited("too many reactions", Gcra.retry_after_header(decision.retry_after))
+        if policy is not None and policy.shadow:
+            return
         await self.bus.publish(video_id, Reaction(video_id, comment_id))

@@ -55,7 +55,7 @@ async def delete_comment(video_id: str, comment_id: str) -> Response:
     svc = services()
     assert svc.comments is not None
     await svc.comments.delete(video_id, cid, who)
-    return Response(status=204)
+    return Response(b"", status=204)
 
 
 @bp.post("/v1/videos/<video_id>/comments/<comment_id>/reactions")

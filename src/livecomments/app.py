@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from quart import Response, redirect
+import trio
+from quart import Response, redirect, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -14,6 +15,7 @@ from livecomments.services import Services
 from livecomments.web import error_response, json_response, services
 from rms.params import check_video
 
+BODY_DRAIN_S = 5.0
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
 
 
@@ -27,9 +29,11 @@ def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> Quart
     app.config["JSON_SORT_KEYS"] = False
 
     if ingest:
+        from ingest.moderation_web import bp as moderation_bp
         from ingest.web import bp as ingest_bp
 
         app.register_blueprint(ingest_bp)
+        app.register_blueprint(moderation_bp)
     if rms:
         from rms.web import bp as rms_bp
 
@@ -49,6 +53,24 @@ def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> Quart
     async def _count(resp: Response) -> Response:
         if _is_post() and resp.status_code < 400:
             services().metrics.posts.labels(str(resp.status_code)).inc()
+        return resp
+
+    @app.after_request
+    async def _drain_body(resp: Response) -> Response:
+        # A response finished before the request body was read (an error answered from
+        # the headers alone) leaves Hypercorn unable to reuse the connection, and under
+        # quart-trio its close is cancelled, so the keep-alive connection hangs. Read the
+        # rest of the body first (bounded by MAX_CONTENT_LENGTH); when that is refused or
+        # slow, tell the client to close the connection instead.
+        if request.content_length or "transfer-encoding" in request.headers:
+            try:
+                with trio.move_on_after(BODY_DRAIN_S) as scope:
+                    await request.get_data(cache=False)
+                drained = not scope.cancelled_caught
+            except Exception:
+                drained = False
+            if not drained:
+                resp.headers["Connection"] = "close"
         return resp
 
     @app.get("/healthz")

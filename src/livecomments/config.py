@@ -21,6 +21,11 @@ def _setting(default: Any, help: str, *, kind: type = str) -> Any:
     return attrs.field(default=default, metadata={"help": help, "kind": kind})
 
 
+def _rate_or_off(inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value.strip().lower() != "off":
+        _rate(inst, attr, value)
+
+
 def _rate(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
     try:
         parse_rate(value)
@@ -39,6 +44,15 @@ class Settings:
     rate_limit: str = attrs.field(default="5/10s", validator=_rate, metadata={"help": "comments per user (N/period)", "kind": str})
     guest_rate_limit: str = attrs.field(default="20/m", validator=_rate, metadata={"help": "guest sign-ins per client address", "kind": str})
     reaction_rate_limit: str = attrs.field(default="30/10s", validator=_rate, metadata={"help": "reactions per user (N/period)", "kind": str})
+    moderation_rules: str = _setting("", "blocked words and patterns file for automod (docs/moderation.md); empty: none")
+    moderation_queue: int = _setting(10000, "comments waiting for automod; when full, new ones skip moderation", kind=int)
+    moderation_workers: int = _setting(2, "automod worker tasks in this process (0: queue only)", kind=int)
+    moderation_new_account_min: float = _setting(10.0, "automod removes links from accounts first seen less than this many minutes ago (0: off)", kind=float)
+    moderation_repeat: str = attrs.field(default="3/60s", validator=_rate_or_off, metadata={"help": "automod removes the same text from one user N times per period in a video (off: never)", "kind": str})
+    moderation_flood: str = attrs.field(default="3/60s", validator=_rate_or_off, metadata={"help": "automod removes the same text from one user in N videos per period (off: never)", "kind": str})
+    moderation_users_max: int = _setting(50000, "users whose recent texts automod remembers (memory bound)", kind=int)
+    classifier: str = _setting("", "automod classifier to load, module:attr (docs/moderation.md); empty: none")
+    classifier_timeout_s: float = _setting(2.0, "seconds a classifier may take per comment", kind=float)
     max_text: int = _setting(500, "longest comment text, in characters", kind=int)
     max_body: int = _setting(4096, "largest POST body, in bytes", kind=int)
     backlog: int = _setting(50, "comments a new viewer gets by default", kind=int)
@@ -62,6 +76,11 @@ class Settings:
     scylla_keyspace: str = _setting("livecomments", "CQL keyspace")
     scylla_consistency: str = _setting("LOCAL_QUORUM", "CQL consistency level")
     comment_ttl_s: int = _setting(14 * 86400, "comment time to live in the CQL store", kind=int)
+    scylla_replication: int = _setting(1, "replication factor for a keyspace that migrate creates", kind=int)
+    scylla_bucket_s: int = _setting(600, "seconds of comments per CQL partition bucket (fixed per keyspace)", kind=int)
+    scylla_shards: int = _setting(8, "CQL partitions a hot video's writes spread over", kind=int)
+    shard_hot_comments_per_s: float = _setting(500.0, "comment velocity at which writes spread over shards", kind=float)
+    shard_hot_viewers: int = _setting(50000, "viewers at which writes spread over shards", kind=int)
     redis_url: str = _setting("", "Redis URL (cluster mode)")
     tier_sampled_at: int = _setting(50000, "viewers at which a video goes to sampled", kind=int)
     tier_sampled_below: int = _setting(40000, "viewers below which it returns to push", kind=int)
@@ -71,6 +90,20 @@ class Settings:
     sample_target_per_s: float = _setting(20.0, "comments per second everyone sees in sampled mode", kind=float)
     snapshot_interval_s: float = _setting(1.0, "seconds between snapshots in cdn mode", kind=float)
     log_level: str = _setting("info", "debug | info | warning | error")
+    # Cluster mode (livecomments ingest | rms | persist | cluster up; see docs/operations.md).
+    redis_prefix: str = _setting("lc", "prefix of every Redis key and channel (one per cluster sharing a Redis)")
+    redis_shards: int = _setting(1, "hash-tag slots for video keys and comment streams (>1 spreads a Redis Cluster)", kind=int)
+    redis_timeout_s: float = _setting(2.0, "Redis connect and command timeout, seconds", kind=float)
+    hot_size: int = _setting(1000, "newest comments per video kept in the Redis hot store", kind=int)
+    hot_ttl_s: int = _setting(86400, "seconds an idle video's hot data stays in Redis", kind=int)
+    reorder_window_ms: int = _setting(250, "Redis accepts a comment only if its id's time is this close to Redis' clock", kind=int)
+    reorder_margin_ms: int = _setting(100, "rms holds comments reorder_window_ms + this before releasing them in id order", kind=int)
+    backfill_max: int = _setting(10000, "most comments a node replays live per video after a Redis outage", kind=int)
+    presence_ttl_s: float = _setting(5.0, "seconds a node's viewer count stays counted without a refresh", kind=float)
+    presence_interval_s: float = _setting(1.0, "seconds between viewer count reports", kind=float)
+    node_id: str = _setting("", "name of this node in presence and consumer groups (default: host-pid)")
+    persist_batch: int = _setting(500, "stream entries the persist worker writes per batch", kind=int)
+    proxy_hops: int = _setting(0, "trusted reverse proxies in front (X-Forwarded-For is read through them)", kind=int)
 
     def url(self) -> str:
         if self.public_url:
@@ -139,6 +172,10 @@ def _check(s: Settings) -> None:
         raise ValueError("tier *_below thresholds must not exceed their *_at thresholds")
     if s.store not in ("sqlite", "scylla"):
         raise ValueError("store must be sqlite or scylla")
+    if s.moderation_queue < 1 or s.moderation_workers < 0 or s.moderation_users_max < 1:
+        raise ValueError("moderation_queue and moderation_users_max must be positive, moderation_workers not negative")
+    if s.classifier and ":" not in s.classifier:
+        raise ValueError("classifier must look like module:attr")
     for name in ("max_text", "max_body", "backlog_max", "history_max", "ring_size", "snapshot_size", "viewer_buffer"):
         if getattr(s, name) < 1:
             raise ValueError(f"{name} must be positive")

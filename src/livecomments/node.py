@@ -7,11 +7,13 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
 from backpressure.ratelimit import InMemoryRateLimiter
+from ingest.moderation import ModerationService
 from ingest.service import CommentService
 from livecomments.app import create_app
 from livecomments.auth import TokenIssuer, signing_key
@@ -19,7 +21,10 @@ from livecomments.bus import InProcessBus
 from livecomments.config import Settings
 from livecomments.handoff import AsgiHandoff
 from livecomments.metrics import Metrics
+from livecomments.moderation.pipeline import Automod, InProcessQueue, ModerationMetrics
 from livecomments.services import Services
+from livecomments.store.base import Store
+from livecomments.store.moderation import SqliteModerationStore
 from livecomments.store.sqlite import SqliteStore
 from rms.frontdoor import FrontDoor
 from rms.room import Rooms
@@ -53,27 +58,63 @@ async def wait_for_signal() -> None:
             return
 
 
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """The configured comment store, open for the duration of the block."""
+    if settings.store == "scylla":
+        from livecomments.store.scylla import ScyllaStore, ShardingThresholds
+
+        hot_v, hot_n = settings.shard_hot_comments_per_s, settings.shard_hot_viewers
+        thresholds = ShardingThresholds(
+            hot_velocity=hot_v, cool_velocity=hot_v / 2, hot_viewers=hot_n, cool_viewers=int(hot_n * 0.8)
+        )
+        async with ScyllaStore.open(
+            [h.strip() for h in settings.scylla_hosts.split(",") if h.strip()],
+            settings.scylla_keyspace,
+            ttl_s=settings.comment_ttl_s,
+            consistency=settings.scylla_consistency,
+            bucket_s=settings.scylla_bucket_s,
+            shards=settings.scylla_shards,
+            thresholds=thresholds,
+        ) as scylla:
+            yield scylla
+    else:
+        async with SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as sqlite:
+            yield sqlite
+
+
 async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     """Run the all-in-one server until ``until`` returns, then drain and stop."""
     await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     issuer = TokenIssuer(signing_key(settings.jwt_secret, settings.data_dir))
     metrics = Metrics()
+    mod_metrics = ModerationMetrics(metrics.registry)
+    automod = Automod.from_settings(settings, mod_metrics)  # a bad rules file stops us here
     lsock = listen(settings.host, settings.port)
     if settings.port == 0:
         import attrs
 
         settings = attrs.evolve(settings, port=lsock.getsockname()[1])
-    async with SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as store:
+    async with (
+        SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as store,
+        SqliteModerationStore.open(os.path.join(settings.data_dir, "moderation.sqlite3")) as mod_store,
+    ):
         bus = InProcessBus()
         limiter = InMemoryRateLimiter()
         rooms = Rooms(settings, store, bus, metrics)
+        moderation = ModerationService(mod_store, worker_id=settings.worker_id)
+        await moderation.load()
+        mod_queue = InProcessQueue(settings.moderation_queue, mod_metrics)
+        comments = CommentService(settings, store, bus, limiter, metrics, moderation=moderation, queue=mod_queue)
+        automod.remover = comments
         svc = Services(
             settings=settings,
             issuer=issuer,
             metrics=metrics,
             store=store,
             limiter=limiter,
-            comments=CommentService(settings, store, bus, limiter, metrics),
+            comments=comments,
+            moderation=moderation,
             rooms=rooms,
         )
 
@@ -86,6 +127,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
         front = FrontDoor(settings, rooms, issuer, metrics, handoff)
         async with trio.open_nursery() as root:
             await root.start(rooms.run)
+            await root.start(automod.run, mod_queue, settings.moderation_workers)
             await handoff.start(root)
             await root.start(front.serve, [lsock])
             print(f"livecomments: serving {settings.url()}/watch/lobby", flush=True)

@@ -54,6 +54,7 @@ def openapi(s: Settings) -> dict[str, Any]:
                     "required": ["error", "detail"],
                     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}, "retry_after": {"type": "integer"}},
                 },
+                **MODERATION_SCHEMAS,
                 "Comment": {
                     "type": "object",
                     "required": ["id", "video_id", "author", "text", "created_at", "pending"],
@@ -116,7 +117,7 @@ def openapi(s: Settings) -> dict[str, Any]:
             },
             "/v1/videos/{video_id}/comments/{comment_id}/reactions": {
                 "parameters": [VIDEO, {"name": "comment_id", "in": "path", "required": True, "schema": ID}],
-                "post": {"summary": "React to a comment (sampling prefers comments with reactions)", "security": bearer, "responses": {"202": _resp("Counted", {"type": "object"}), **_errors(400, 401, 404, 429, 503)}},
+                "post": {"summary": "React to a comment (sampling prefers comments with reactions)", "security": bearer, "responses": {"202": _resp("Counted", {"type": "object"}), **_errors(400, 401, 403, 404, 429, 503)}},
             },
             "/v1/videos/{video_id}/events": {
                 "parameters": [VIDEO],
@@ -142,9 +143,138 @@ def openapi(s: Settings) -> dict[str, Any]:
                 "parameters": [VIDEO],
                 "get": {"summary": "Viewers, velocity and mode", "responses": {"200": _resp("Stats", {"type": "object", "properties": {"viewers": {"type": "integer"}, "comments_per_s": {"type": "number"}, "mode": {"type": "string"}}}), **_errors(404)}},
             },
+            **moderation_paths(s),
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": _resp("ok")}}},
             "/readyz": {"get": {"summary": "Dependencies reachable", "responses": {"200": _resp("ready"), "503": _resp("not ready")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": _resp("text format", {"type": "string"}, "text/plain")}}},
             "/watch/{video_id}": {"parameters": [VIDEO], "get": {"summary": "The browser page", "responses": {"200": _resp("HTML", {"type": "string"}, "text/html"), **_errors(404)}}},
+        },
+    }
+
+
+# -- moderation ---------------------------------------------------------------------------
+
+USER = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+
+MODERATION_SCHEMAS: dict[str, Any] = {
+    "Ban": {
+        "type": "object",
+        "required": ["video_id", "user_id", "mode", "actor", "created_at"],
+        "properties": {
+            "video_id": {"type": ["string", "null"], "description": "null for a global ban"},
+            "user_id": {"type": "string"},
+            "mode": {"enum": ["shadow", "overt"]},
+            "reason": {"type": ["string", "null"]},
+            "actor": {"type": "string", "description": "who banned"},
+            "created_at": {"type": "integer"},
+        },
+    },
+    "BanRequest": {
+        "type": "object",
+        "required": ["user_id", "mode"],
+        "properties": {
+            "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+            "mode": {"enum": ["shadow", "overt"]},
+            "reason": {"type": "string", "maxLength": 500},
+        },
+    },
+    "VideoSettings": {
+        "type": "object",
+        "required": ["video_id", "slow_mode_s"],
+        "properties": {"video_id": {"type": "string"}, "slow_mode_s": {"type": "integer", "minimum": 0, "maximum": 3600}},
+    },
+    "LogEntry": {
+        "type": "object",
+        "required": ["id", "video_id", "created_at", "actor", "action"],
+        "properties": {
+            "id": ID,
+            "video_id": {"type": ["string", "null"]},
+            "created_at": {"type": "integer"},
+            "actor": {"type": "string", "description": "a user id, or automod"},
+            "action": {"enum": ["ban", "unban", "delete", "automod_remove", "settings"]},
+            "target_user": {"type": ["string", "null"]},
+            "comment_id": {"type": ["string", "null"]},
+            "reason": {"type": ["string", "null"], "description": "the ban reason, or automod's rule"},
+            "details": {"type": "object"},
+        },
+    },
+}
+
+
+def moderation_paths(s: Settings) -> dict[str, Any]:
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    ban = {"$ref": "#/components/schemas/Ban"}
+    ban_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BanRequest"}}}}
+    bans = _resp("Active bans", {"type": "object", "required": ["bans"], "properties": {"bans": {"type": "array", "items": ban}}})
+    log_page = _resp(
+        "Log entries, newest first",
+        {
+            "type": "object",
+            "required": ["entries", "next"],
+            "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/LogEntry"}}, "next": {"type": ["string", "null"]}},
+        },
+    )
+    log_params = [
+        _q("before", ID, "entries older than this entry id"),
+        _q("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (default 50)"),
+    ]
+    settings = {"$ref": "#/components/schemas/VideoSettings"}
+    return {
+        "/v1/videos/{video_id}/bans": {
+            "parameters": [VIDEO],
+            "post": {
+                "summary": "Ban a user from this video (streamer, moderator): shadow (posts accepted, shown to them only) or overt (403)",
+                "security": bearer,
+                "requestBody": ban_body,
+                "responses": {"201": _resp("The ban", ban), **_errors(400, 401, 403, 404, 413, 415, 422, 503)},
+            },
+            "get": {"summary": "This video's bans (streamer, moderator)", "security": bearer, "responses": {"200": bans, **_errors(401, 403, 404)}},
+        },
+        "/v1/videos/{video_id}/bans/{user_id}": {
+            "parameters": [VIDEO, USER],
+            "delete": {"summary": "Lift a ban on this video (streamer, moderator)", "security": bearer, "responses": {"204": _resp("Lifted"), **_errors(401, 403, 404, 503)}},
+        },
+        "/v1/bans": {
+            "post": {
+                "summary": "Ban a user everywhere (admin)",
+                "security": bearer,
+                "requestBody": ban_body,
+                "responses": {"201": _resp("The ban", ban), **_errors(400, 401, 403, 413, 415, 422, 503)},
+            },
+            "get": {"summary": "Global bans (admin)", "security": bearer, "responses": {"200": bans, **_errors(401, 403)}},
+        },
+        "/v1/bans/{user_id}": {
+            "parameters": [USER],
+            "delete": {"summary": "Lift a global ban (admin)", "security": bearer, "responses": {"204": _resp("Lifted"), **_errors(401, 403, 404, 503)}},
+        },
+        "/v1/videos/{video_id}/settings": {
+            "parameters": [VIDEO],
+            "get": {"summary": "This video's settings (slow mode)", "responses": {"200": _resp("Settings", settings), **_errors(404)}},
+            "put": {
+                "summary": "Set slow mode (streamer, moderator): one comment per N seconds per user, 0 turns it off; the streamer and moderators are exempt",
+                "security": bearer,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object", "required": ["slow_mode_s"], "properties": {"slow_mode_s": {"type": "integer", "minimum": 0, "maximum": 3600}}}}},
+                },
+                "responses": {"200": _resp("The new settings", settings), **_errors(400, 401, 403, 404, 413, 415, 422, 503)},
+            },
+        },
+        "/v1/videos/{video_id}/moderation-log": {
+            "parameters": [VIDEO],
+            "get": {
+                "summary": "Who did what, when and why on this video, newest first (streamer, moderator)",
+                "security": bearer,
+                "parameters": log_params,
+                "responses": {"200": log_page, **_errors(400, 401, 403, 404, 503)},
+            },
+        },
+        "/v1/moderation-log": {
+            "get": {
+                "summary": "Global decisions (global bans), newest first (moderator)",
+                "security": bearer,
+                "parameters": log_params,
+                "responses": {"200": log_page, **_errors(400, 401, 403, 503)},
+            },
         },
     }

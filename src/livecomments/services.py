@@ -13,6 +13,7 @@ from livecomments.metrics import Metrics
 from livecomments.store.base import Store
 
 if TYPE_CHECKING:
+    from ingest.moderation import ModerationService
     from ingest.service import CommentService
     from rms.room import Rooms
 
@@ -25,6 +26,7 @@ class Services:
     store: Store
     limiter: RateLimiter
     comments: CommentService | None = None  # present where ingest runs
+    moderation: ModerationService | None = None  # bans, settings, the log (where ingest runs)
     rooms: Rooms | None = None  # present where rms runs
     ready_checks: list[Any] = attrs.field(factory=list)  # async callables raising when not ready
     draining: bool = False
