@@ -36,6 +36,41 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _role(args: argparse.Namespace) -> int:
+    """``livecomments ingest | rms | persist``: one process of a cluster (livecomments.roles)."""
+    from livecomments import roles
+    from livecomments.node import configure_logging, raise_nofile_limit
+
+    settings = config.load(args, **roles.CLUSTER_DEFAULTS)
+    if not settings.redis_url:
+        print(f"livecomments {args.command}: set LIVECOMMENTS_REDIS_URL (or --redis-url)", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    raise_nofile_limit()
+    run = {"ingest": roles.run_ingest, "rms": roles.run_rms, "persist": roles.run_persist}[args.command]
+    trio.run(run, settings)
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from livecomments.cluster import main as cluster_main
+
+    return cluster_main(args)
+
+
+def _db(args: argparse.Namespace) -> int:
+    try:
+        from livecomments.store.scylla import migrate
+    except ImportError:
+        print("livecomments db migrate: the CQL store is not available", file=sys.stderr)
+        return 2
+    settings = config.load(args)
+    hosts = [h.strip() for h in settings.scylla_hosts.split(",") if h.strip()]
+    report = trio.run(migrate, hosts, settings.scylla_keyspace, settings.comment_ttl_s)
+    print(f"livecomments db migrate: keyspace {settings.scylla_keyspace} on {settings.scylla_hosts}: {report}")
+    return 0
+
+
 def _bench(argv: list[str]) -> int:
     import importlib
 
@@ -63,6 +98,33 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl-s", type=int, default=86400, help="lifetime in seconds")
     config.add_flags(token, only=("data_dir", "jwt_secret"))
     token.set_defaults(func=_token)
+
+    for role, text in (
+        ("ingest", "cluster mode: a stateless comment service (posting, moderation) on Redis"),
+        ("rms", "cluster mode: a realtime node (SSE, WebSocket, long-poll, snapshots) on Redis"),
+        ("persist", "cluster mode: drain the Redis hot store into the cold store"),
+    ):
+        rp = sub.add_parser(role, help=text)
+        config.add_flags(rp)
+        rp.set_defaults(func=_role)
+
+    cluster = sub.add_parser("cluster", help="a local cluster: Redis, rms and ingest nodes, persist, nginx edge")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True)
+    up = csub.add_parser("up", help="start a local cluster in the foreground; Ctrl-C stops all of it")
+    up.add_argument("--rms", type=int, default=2, help="rms nodes (default 2)")
+    up.add_argument("--ingest", type=int, default=2, help="ingest nodes (default 2)")
+    up.add_argument("--edge-port", type=int, default=8080, help="port of the nginx edge (default 8080; 0: any free)")
+    up.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    up.add_argument("--run-dir", default=None, help="directory for configs, logs, data (default: a new temp dir)")
+    up.add_argument("--tls", action="store_true", help="edge speaks HTTPS + HTTP/2 with a self-signed certificate")
+    up.add_argument("--no-persist", action="store_true", help="do not start the persist worker")
+    up.set_defaults(func=_cluster)
+
+    db = sub.add_parser("db", help="database schema")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    mig = dsub.add_parser("migrate", help="apply the CQL schema to LIVECOMMENTS_SCYLLA_HOSTS")
+    config.add_flags(mig, only=("scylla_hosts", "scylla_keyspace", "comment_ttl_s"))
+    mig.set_defaults(func=_db)
 
     sub.add_parser("bench", help="run a benchmark scenario (see livecomments bench --help)", add_help=False)
     return p

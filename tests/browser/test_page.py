@@ -19,6 +19,7 @@ from typing import Any, cast
 import httpx
 import pytest
 from playwright.sync_api import Page, Route, expect
+
 from tests.support.server import ServerProcess
 
 NewPage = Callable[..., Page]

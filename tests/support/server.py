@@ -10,7 +10,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 
 from livecomments.auth import TokenIssuer, signing_key
 
