@@ -19,6 +19,7 @@ import trio
 
 from backpressure.gcra import Gcra
 from backpressure.ratelimit import RateLimiter
+from ingest.ordering import PublishOrder
 from livecomments.auth import Identity
 from livecomments.bus import Bus
 from livecomments.config import Settings
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("livecomments.ingest")
 
 CLIENT_ID_MAX = 128
+STORE_TIMEOUT_S = 30.0  # a post waits this long for the store before 503
 
 
 def clean_text(text: object, max_chars: int) -> str:
@@ -86,6 +88,8 @@ class CommentService:
         self.rule = Gcra.from_text(settings.rate_limit)
         self.reaction_rule = Gcra.from_text(settings.reaction_rate_limit)
         self.ids = SnowflakeGenerator(settings.worker_id)
+        self.order: PublishOrder[Comment] = PublishOrder()
+        self._publish_lock = trio.Lock()
         self.wall_ms = wall_ms
 
     async def post(self, video_id: str, who: Identity, text: object, client_id: object = None) -> Comment:
@@ -116,19 +120,36 @@ class CommentService:
             shadow=policy is not None and policy.shadow,
             streamer=who.is_streamer(video_id),
         )
-        try:
-            await self.store.append(comment)
-        except StoreUnavailable as e:
-            raise Unavailable(f"comments cannot be stored right now: {e}") from None
-        try:
-            await self.bus.publish(video_id, comment)
-        except Exception as e:  # stored: viewers get it by replay; the poster gets 201
-            log.warning("publish failed for %s/%s: %s", video_id, comment.id, e)
+        self.order.begin(comment.id)
+        stored: Comment | None = None
+        # Shielded: a poster who hangs up mid-commit does not leave a comment stored but
+        # never published (and never released from the publish order). Bounded instead.
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(STORE_TIMEOUT_S):
+                    await self.store.append(comment)
+                stored = comment
+            except (StoreUnavailable, trio.TooSlowError) as e:
+                raise Unavailable(f"comments cannot be stored right now: {e}") from None
+            finally:
+                await self._publish_ready(self.order.finish(comment.id, stored))
         if self.queue is not None and not comment.shadow:
             # Never waits: a full queue means this comment skips automod (counted).
             # Shadowed comments reach nobody else, so there is nothing to protect.
             self.queue.offer(comment)
         return comment
+
+    async def _publish_ready(self, ready: list[Comment]) -> None:
+        """Publish released comments in id order (the lock is FIFO and taken without a
+        wait when free, so batches go out in the order the releases happened)."""
+        if not ready:
+            return
+        async with self._publish_lock:
+            for c in ready:
+                try:
+                    await self.bus.publish(c.video_id, c)
+                except Exception as e:  # stored: viewers get it by replay; the poster gets 201
+                    log.warning("publish failed for %s/%s: %s", c.video_id, c.id, e)
 
     async def delete(self, video_id: str, comment_id: int, who: Identity) -> None:
         try:
@@ -162,7 +183,7 @@ class CommentService:
         except StoreUnavailable as e:
             raise Unavailable(str(e)) from None
         self.metrics.removals.inc()
-        await self.bus.publish(video_id, Removal(video_id, comment_id))
+        await self.bus.publish(video_id, Removal(video_id, comment_id, comment.author.id, comment.shadow))
         if removed and on_removed is not None:
             on_removed()
         if removed and self.moderation is not None and not (comment.shadow and actor == comment.author.id):

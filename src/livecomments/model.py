@@ -84,6 +84,9 @@ class Removal:
 
     video_id: str
     comment_id: int
+    # A shadowed comment's removal goes to its author only: nobody else knew it existed.
+    author_id: str | None = None
+    shadow: bool = False
 
 
 @attrs.frozen

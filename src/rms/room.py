@@ -36,6 +36,10 @@ log = logging.getLogger("livecomments.rms")
 YIELD_EVERY = 512
 
 
+def _by_id(entry: Entry) -> int:
+    return entry.id
+
+
 def visible_to(entry: Entry, user_id: str | None) -> bool:
     c = entry.comment
     return not c.shadow or (user_id is not None and c.author.id == user_id)
@@ -89,6 +93,17 @@ class Room:
         elif isinstance(event, ModeChange):
             if event.mode in ("push", "sampled", "cdn") and event.mode != self.mode:
                 self.set_mode(event.mode)  # type: ignore[arg-type]
+        elif isinstance(event, Removal) and event.shadow:
+            # Only its author ever saw it: tell only the author's connections, at once,
+            # and keep it out of the public removal list (that would reveal the id).
+            self.ring.remove(event.comment_id)
+            if event.comment_id in self.pending_ids:
+                self.pending_ids.discard(event.comment_id)
+                self.pending = [e for e in self.pending if e.id != event.comment_id]
+            now = trio.current_time()
+            for v in list(self.viewers):
+                if v.user_id is not None and v.user_id == event.author_id:
+                    v.control(control("remove", {"id": str(event.comment_id)}, v.encoding), now)
         elif isinstance(event, Removal):
             self.ring.remove(event.comment_id)
             if event.comment_id in self.pending_ids:
@@ -262,6 +277,7 @@ class Room:
 
     async def flush(self, now: float) -> None:
         entries, self.pending = self.pending, []
+        entries.sort(key=_by_id)  # arrival order is not id order when ids come from several posters
         self.pending_ids = set()
         removals, self.pending_removals = self.pending_removals, []
         public, private = self._select(entries, now)
