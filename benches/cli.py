@@ -1,0 +1,141 @@
+"""Command line of the harness: ``livecomments bench`` and ``python -m benches``.
+
+Example: ``livecomments bench --scenario popular --target nchan --duration 20 --out bench-out/p``
+writes ``bench-out/p/result.json`` and PNG plots, and prints a table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from benches.report import print_table
+from benches.runner import RunOptions, run
+from benches.scenarios import PRESETS, parse_mix
+from benches.targets import TargetUnavailable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="livecomments bench",
+        description="Fan-out benchmark: SSE viewers, a paced publisher, livecomments or Nchan.",
+        epilog="Presets: " + "; ".join(f"{s.name}: {s.description}" for s in PRESETS.values()),
+    )
+    p.add_argument("--scenario", required=True, choices=sorted(PRESETS), help="named load shape")
+    p.add_argument("--target", choices=("livecomments", "nchan"), default="livecomments")
+    p.add_argument("--duration", type=float, help="measured window in seconds (preset default)")
+    p.add_argument("--out", type=Path, help="output directory (default bench-out/<scenario>-<target>-<time>)")
+    g = p.add_argument_group("load shape overrides")
+    g.add_argument("--viewers", type=int, help="number of SSE viewers")
+    g.add_argument("--rate", type=float, help="comments per second to post")
+    g.add_argument("--scale", type=float, help="multiply the preset's viewers (e.g. 0.01 for a tiny run)")
+    g.add_argument("--mix", help='viewer behaviours as fractions, e.g. "stalled=0.2,slow=0.1,flapping=0.05"')
+    g.add_argument("--backlog", type=int, help="backlog per new viewer (join-storm preloads this many)")
+    g.add_argument("--join-window", type=float, help="join-storm: seconds within which everyone connects")
+    c = p.add_argument_group("client settings (keep them the same across targets)")
+    c.add_argument("--poll-ms", type=float, default=5.0, help="viewer sleep between polls, ms (default 5)")
+    c.add_argument("--payload-bytes", type=int, default=250, help="size of a comment object (default 250)")
+    c.add_argument("--publishers", type=int, help="keep-alive publisher connections (preset default, 1)")
+    c.add_argument("--slow-bps", type=int, default=16_384, help="bytes/s a slow viewer reads (default 16384)")
+    c.add_argument("--small-rcvbuf", type=int, default=0, help="SO_RCVBUF for slow/stalled viewers (0: kernel)")
+    c.add_argument("--flap-interval", type=float, default=5.0, help="flapping viewers drop about every S s")
+    c.add_argument("--flap-pause", type=float, default=0.5, help="flapping viewers come back after S s")
+    c.add_argument("--connect-rate", type=float, default=2_000.0, help="initial connections/s (not join-storm)")
+    c.add_argument("--warmup", type=float, default=2.0, help="seconds of posting before the window opens")
+    c.add_argument("--loadgen-procs", type=int, default=0, help="viewer processes (0: one per 10,000)")
+    s = p.add_argument_group("machine and server")
+    s.add_argument("--server-cpu", type=int, default=0, help="CPU the server is pinned to (default 0)")
+    s.add_argument("--loadgen-cpu", type=int, default=1, help="CPU the load generator is pinned to (default 1)")
+    s.add_argument(
+        "--server-cmd",
+        help="livecomments command line; {python} {host} {port} {data_dir} are filled in "
+        "(default: {python} -m livecomments serve --host {host} --port {port} --data-dir {data_dir})",
+    )
+    s.add_argument("--server-env", action="append", default=[], metavar="K=V", help="extra server environment")
+    s.add_argument("--nchan-buffer", type=int, default=1_000, help="Nchan messages kept per channel")
+    s.add_argument("--max-loadgen-util", type=float, default=0.85, help="loadgen CPU share that marks a run invalid")
+    s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    s.add_argument("--quiet", action="store_true", help="no progress line")
+    s.add_argument("--keep-workdir", action="store_true", help="keep the server's temporary directory")
+    return p
+
+
+def options_from_args(args: argparse.Namespace, argv: list[str]) -> RunOptions:
+    preset = PRESETS[args.scenario]
+    viewers = args.viewers
+    if viewers is None and args.scale is not None:
+        viewers = max(1, round(preset.viewers * args.scale))
+    mix = parse_mix(args.mix) if args.mix is not None else None
+    sc = preset.with_overrides(
+        viewers=viewers,
+        comments_per_s=args.rate,
+        duration_s=args.duration,
+        mix=mix,
+        backlog=args.backlog,
+        join_window_s=args.join_window,
+        publishers=args.publishers,
+    )
+    sc.class_counts()  # validates the mix
+    out = args.out or Path("bench-out") / f"{sc.name}-{args.target}-{time.strftime('%Y%m%d-%H%M%S')}"
+    env = {}
+    for item in args.server_env:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise ValueError(f"--server-env wants K=V, got {item!r}")
+        env[k] = v
+    return RunOptions(
+        scenario=sc,
+        target=args.target,
+        out_dir=out,
+        command="livecomments bench " + shlex.join(argv),
+        warmup_s=args.warmup,
+        poll_ms=args.poll_ms,
+        payload_bytes=args.payload_bytes,
+        slow_bps=args.slow_bps,
+        small_rcvbuf=args.small_rcvbuf,
+        flap_interval_s=args.flap_interval,
+        flap_pause_s=args.flap_pause,
+        loadgen_procs=args.loadgen_procs,
+        connect_rate=args.connect_rate,
+        server_cpu=args.server_cpu,
+        loadgen_cpu=args.loadgen_cpu,
+        server_cmd=args.server_cmd,
+        server_env=env,
+        nchan_buffer=args.nchan_buffer,
+        max_loadgen_util=args.max_loadgen_util,
+        plots=not args.no_plots,
+        progress=not args.quiet,
+        keep_workdir=args.keep_workdir,
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Run one benchmark; 0 on a valid run, 1 when the load generator was the bottleneck, 2 on failure."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        opts = options_from_args(args, argv)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        result = run(opts)
+    except TargetUnavailable as e:
+        print(f"livecomments bench: {opts.target} is not available: {e}", file=sys.stderr)
+        return 2
+    except (TimeoutError, OSError) as e:
+        print(f"livecomments bench: the run failed: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nlivecomments bench: interrupted", file=sys.stderr)
+        return 130
+    path = opts.out_dir / "result.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    print(f"result: {path}" + "".join(f"\nplot: {opts.out_dir / p}" for p in result.get("plots", [])))
+    return 0 if result["valid"] else 1

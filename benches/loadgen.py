@@ -1,0 +1,987 @@
+"""Load generator processes: many SSE viewers per process on raw sockets, and a paced publisher.
+
+Why it looks like this: the load generator must cost less per delivered comment than the
+server it measures. One process holds thousands of non-blocking sockets on one ``epoll``
+object, reads up to 256 KiB at a time into one preallocated buffer, counts frames with
+``bytearray.count`` and parses only two timestamps per read (the first and the last
+comment in it) for latency. Nothing is allocated per frame. After each round of reads
+the process sleeps ``poll_s`` so that frames gather in the socket the way they would on
+a real network: a client that wakes for every frame makes each server ``send()`` pay for
+the wake-up (see ``docs/performance.md``).
+
+Each worker runs in its own process (pinned to the load generator's CPU) and is driven by
+the orchestrator over a ``multiprocessing`` pipe with small tuples: ``("measure", bool)``,
+``("snap",)``, ``("storm",)``, ``("stop", expected)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import os
+import random
+import select
+import socket
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from benches.procstat import pin, raise_nofile
+
+M_COMMENT = b"event: comment\n"
+M_EVENT = b"event: "
+M_CREATED = b'"created_at":'
+M_ID = b"\nid: "
+SEAM = len(M_COMMENT) - 1
+HIST_MS = 120_000  # latency histogram: 1 ms bins up to 2 minutes (created_at is whole ms)
+READ_SIZE = 256 * 1024
+
+# Viewer states.
+IDLE, CONNECTING, HEADERS, STREAM, PAUSED, DONE = range(6)
+# Reading modes.
+READS, SLOW, STALLED = range(3)
+MODE_OF_CLASS = {"healthy": READS, "flapping": READS, "slow": SLOW, "stalled": STALLED}
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: pick the port at connect()
+EV_IN = select.EPOLLIN
+EV_OUT = select.EPOLLOUT
+EV_RDHUP = select.EPOLLRDHUP
+
+
+@dataclass
+class ViewerConfig:
+    """What one viewer process does. Times are ``time.monotonic()`` values unless named _ms."""
+
+    host: str
+    port: int
+    path: str
+    classes: list[tuple[str, int]]
+    connect_rate: float = 0.0  # initial connections per second; 0 = as fast as possible
+    poll_s: float = 0.005
+    slow_bps: int = 16_384
+    small_rcvbuf: int = 0  # SO_RCVBUF for slow/stalled viewers; 0 = kernel default
+    flap_interval_s: float = 5.0
+    flap_pause_s: float = 0.5
+    backlog_target: int = 0  # comment frames that count as "has the backlog"; 0 = not tracked
+    track_ids: bool = True  # keep each viewer's last event id (for Last-Event-ID resumes)
+    # Client sockets bind to 127.0.0.1 .. 127.0.0.N (all loopback): one source address has
+    # about 28,000 ephemeral ports towards the server's port, and connect() gets slow as
+    # they fill up (TIME_WAIT included). 0 = let the kernel choose.
+    source_addrs: int = 16
+    reconnect_delay_s: float = 1.0
+    connect_timeout_s: float = 30.0
+    series_origin: float = 0.0
+    cpu: int | None = None
+    seed: int = 0
+    extra_headers: list[str] = field(default_factory=list)
+
+
+class Viewer:
+    """One SSE connection and its counters (slots: thousands of these per process)."""
+
+    __slots__ = (
+        "backlog_at",
+        "budget",
+        "cls",
+        "connected_once",
+        "fd",
+        "first_latency",
+        "frames",
+        "hdr",
+        "id_partial",
+        "idx",
+        "last_id",
+        "live_from_ms",
+        "mode",
+        "reconnects",
+        "seam",
+        "sock",
+        "state",
+        "storm_conn_at",
+        "storm_live_at",
+        "t_conn",
+        "t_first",
+        "tail",
+    )
+
+    def __init__(self, idx: int, cls: int, mode: int) -> None:
+        self.idx = idx
+        self.cls = cls
+        self.mode = mode
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.state = IDLE
+        self.hdr = b""
+        self.frames = 0
+        self.last_id: bytes | None = None
+        self.id_partial: bytes | None = None
+        self.seam = False
+        self.tail = b""
+        self.t_conn = 0.0
+        self.t_first = 0.0
+        self.first_latency = -1.0
+        self.live_from_ms = 0.0
+        self.connected_once = False
+        self.backlog_at = 0.0
+        self.storm_conn_at = 0.0
+        self.storm_live_at = 0.0
+        self.budget = 0.0
+        self.reconnects = 0
+
+
+class ClassStats:
+    """Counters for one viewer class."""
+
+    __slots__ = (
+        "bytes",
+        "events",
+        "frames",
+        "frames_window",
+        "gaps",
+        "hist",
+        "lat_max",
+        "lat_samples",
+        "missed",
+        "name",
+        "reads",
+        "reads_window",
+        "reconnects",
+        "server_closed",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.frames = 0
+        self.frames_window = 0
+        self.bytes = 0
+        self.reads = 0
+        self.reads_window = 0
+        self.hist = array("Q", bytes(8 * HIST_MS))
+        self.lat_max = 0.0
+        self.lat_samples = 0
+        self.gaps = 0
+        self.missed = 0
+        self.events: Counter[str] = Counter()
+        self.server_closed = 0
+        self.reconnects = 0
+
+
+class ViewerWorker:
+    """The event loop of one viewer process."""
+
+    def __init__(self, cfg: ViewerConfig, ctl: Connection) -> None:
+        self.cfg = cfg
+        self.ctl = ctl
+        self.addr = (cfg.host, cfg.port)
+        self.ep = select.epoll()
+        self.by_fd: dict[int, Viewer] = {}
+        self.buf = bytearray(READ_SIZE)
+        self.mv = memoryview(self.buf)
+        self.timers: list[tuple[float, int, int, Viewer]] = []
+        self.timer_seq = 0
+        self.stats = [ClassStats(name) for name, _ in cfg.classes]
+        self.viewers: list[Viewer] = []
+        for ci, (name, count) in enumerate(cfg.classes):
+            mode = MODE_OF_CLASS[name]
+            for _ in range(count):
+                self.viewers.append(Viewer(len(self.viewers), ci, mode))
+        rnd = random.Random(cfg.seed)
+        rnd.shuffle(self.viewers)  # interleave classes in the connect order
+        self.rnd = rnd
+        self.slow = [v for v in self.viewers if v.mode == SLOW]
+        self.pending: set[Viewer] = set()
+        self.errors: Counter[str] = Counter()
+        self.series: list[int] = []
+        self.new_frames = 0  # frames since the series was last updated (once per loop round)
+        self.measuring = False
+        self.stopping = False
+        self.connecting = False
+        self.next_connect = 0
+        self.connect_t0 = 0.0
+        self.connected = 0
+        self.storm_t0 = 0.0
+        self.storm_ms = 0.0
+        self.base_request = (
+            f"GET {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\n"
+            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n" + "".join(h + "\r\n" for h in cfg.extra_headers)
+        ).encode()
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def _start_connect(self, v: Viewer, now: float) -> None:
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as e:  # EMFILE/ENFILE: count it and try again later
+            self.errors[f"socket {errno.errorcode.get(e.errno or 0, e.errno)}"] += 1
+            self._retry_later(v, now)
+            return
+        s.setblocking(False)
+        if self.cfg.source_addrs > 1:
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind((f"127.0.0.{1 + v.idx % self.cfg.source_addrs}", 0))
+        if v.mode != READS and self.cfg.small_rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg.small_rcvbuf)
+        err = s.connect_ex(self.addr)
+        if err not in (0, errno.EINPROGRESS):
+            s.close()
+            self.errors[f"connect {errno.errorcode.get(err, err)}"] += 1
+            self._retry_later(v, now)
+            return
+        v.sock = s
+        v.fd = s.fileno()
+        v.state = CONNECTING
+        v.t_conn = now
+        if not v.t_first:
+            v.t_first = now
+            v.live_from_ms = time.time() * 1000.0
+        self.by_fd[v.fd] = v
+        self.pending.add(v)
+        self.ep.register(v.fd, EV_OUT)
+
+    def _on_connected(self, v: Viewer, now: float) -> None:
+        assert v.sock is not None
+        err = v.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.errors[f"connect {errno.errorcode.get(err, err)}"] += 1
+            self._close(v)
+            self._retry_later(v, now)
+            return
+        req = self.base_request
+        if v.last_id is not None:
+            req += b"Last-Event-ID: " + v.last_id + b"\r\n"
+        try:
+            v.sock.send(req + b"\r\n")
+        except OSError as e:
+            self.errors[f"send {errno.errorcode.get(e.errno or 0, e.errno)}"] += 1
+            self._close(v)
+            self._retry_later(v, now)
+            return
+        v.state = HEADERS
+        v.hdr = b""
+        self.ep.modify(v.fd, EV_IN)
+
+    def _on_headers(self, v: Viewer, now: float) -> None:
+        assert v.sock is not None
+        try:
+            data = v.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.errors[f"recv {errno.errorcode.get(e.errno or 0, e.errno)}"] += 1
+            self._close(v)
+            self._retry_later(v, now)
+            return
+        if not data:
+            self.errors["closed before headers"] += 1
+            self._close(v)
+            self._retry_later(v, now)
+            return
+        v.hdr += data
+        end = v.hdr.find(b"\r\n\r\n")
+        if end < 0:
+            if len(v.hdr) > 65536:
+                self.errors["oversized headers"] += 1
+                self.pending.discard(v)
+                self._close(v)
+                v.state = DONE
+            return
+        status = v.hdr[9:12]
+        if status != b"200":
+            self.errors[f"http {status.decode(errors='replace')}"] += 1
+            self.pending.discard(v)
+            self._close(v)
+            v.state = DONE
+            return
+        body = v.hdr[end + 4 :]
+        v.hdr = b""
+        v.state = STREAM
+        v.seam = False
+        v.id_partial = None
+        self.pending.discard(v)
+        if not v.connected_once:
+            v.connected_once = True
+            v.first_latency = now - v.t_first
+            self.connected += 1
+        if self.storm_t0 and not v.storm_conn_at:
+            v.storm_conn_at = now
+        if v.mode != READS:
+            # Slow viewers are read on a timer, stalled ones never: only watch for the close.
+            self.ep.modify(v.fd, EV_RDHUP)
+        elif self.stats[v.cls].name == "flapping":
+            self._add_timer(now + self.cfg.flap_interval_s * self.rnd.uniform(0.5, 1.5), 1, v)
+        if body:
+            self._consume(v, body, len(body))
+
+    def _close(self, v: Viewer) -> None:
+        self.pending.discard(v)
+        if v.sock is not None:
+            try:
+                self.ep.unregister(v.fd)
+            except (OSError, ValueError):
+                pass
+            self.by_fd.pop(v.fd, None)
+            v.sock.close()
+            v.sock = None
+            v.fd = -1
+        v.state = PAUSED
+
+    def _retry_later(self, v: Viewer, now: float) -> None:
+        v.state = PAUSED
+        self._add_timer(now + self.cfg.reconnect_delay_s, 0, v)
+
+    def _on_server_close(self, v: Viewer, now: float, why: str) -> None:
+        st = self.stats[v.cls]
+        st.server_closed += 1
+        if v.mode == READS and not self.stopping:
+            self.errors[f"stream closed by server ({why})"] += 1
+        self._close(v)
+        if not self.stopping:
+            self._retry_later(v, now)
+
+    def _add_timer(self, when: float, kind: int, v: Viewer) -> None:
+        """kind 0: (re)connect; kind 1: flap (drop the connection, come back after a pause)."""
+        self.timer_seq += 1
+        heapq.heappush(self.timers, (when, self.timer_seq, kind, v))
+
+    def _run_timers(self, now: float) -> None:
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, v = heapq.heappop(timers)
+            if self.stopping:
+                continue
+            if kind == 0:
+                if v.state in (PAUSED, IDLE):
+                    v.reconnects += 1
+                    self.stats[v.cls].reconnects += 1
+                    self._start_connect(v, now)
+            elif kind == 1 and v.state == STREAM:
+                self._close(v)
+                self._add_timer(now + self.cfg.flap_pause_s, 0, v)
+
+    def _connect_more(self, now: float) -> None:
+        """Open the initial connections, at ``connect_rate`` per second if set."""
+        total = len(self.viewers)
+        if not self.connecting or self.next_connect >= total:
+            return
+        if not self.connect_t0:
+            self.connect_t0 = now
+        if self.cfg.connect_rate > 0:
+            target = min(total, int((now - self.connect_t0) * self.cfg.connect_rate) + 1)
+        else:
+            target = total
+        while self.next_connect < target:
+            self._start_connect(self.viewers[self.next_connect], now)
+            self.next_connect += 1
+
+    def _sweep_timeouts(self, now: float) -> None:
+        limit = now - self.cfg.connect_timeout_s
+        for v in [v for v in self.pending if v.t_conn < limit and v.state in (CONNECTING, HEADERS)]:
+            self.errors["connect timeout"] += 1
+            self.pending.discard(v)
+            self._close(v)
+            self._retry_later(v, now)
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def _consume(self, v: Viewer, data: Any, n: int) -> None:
+        """Account for ``n`` bytes of one viewer's stream held at the start of ``data``.
+
+        The hot path: a few C-level scans of the buffer and at most two integer parses
+        per read, whatever the number of frames in it.
+        """
+        c = data.count(M_COMMENT, 0, n)
+        joined = b""
+        if v.seam:  # the previous read ended mid-line: look for a marker across the boundary
+            joined = v.tail + bytes(data[:SEAM])
+            c += joined.count(M_COMMENT)
+        if self.cfg.track_ids and (c or joined or v.id_partial is not None or data.startswith(b"id: ", 0, n)):
+            self._track_id(v, data, n, joined)
+        if data[n - 1] == 10:
+            v.seam = False
+        else:
+            v.seam = True
+            v.tail = bytes(data[max(0, n - SEAM) : n])
+        st = self.stats[v.cls]
+        st.bytes += n
+        st.reads += 1
+        measuring = self.measuring
+        if measuring:
+            st.reads_window += 1
+        if c:
+            v.frames += c
+            st.frames += c
+            self.new_frames += c
+            if measuring:
+                st.frames_window += c
+            i = data.find(M_CREATED, 0, n)
+            if i >= 0:
+                now_ms = time.time() * 1000.0
+                j = data.rfind(M_CREATED, i + 13, n)
+                for k in (i, j) if j > i else (i,):
+                    k += 13
+                    if k + 13 >= n:
+                        continue
+                    try:
+                        created = int(data[k : k + 13])
+                    except ValueError:
+                        continue
+                    if measuring and created >= v.live_from_ms - 1.0:
+                        lat = now_ms - created
+                        if lat < 0.0:
+                            lat = 0.0
+                        st.hist[int(lat) if lat < HIST_MS else HIST_MS - 1] += 1
+                        st.lat_samples += 1
+                        if lat > st.lat_max:
+                            st.lat_max = lat
+                    if self.storm_ms and not v.storm_live_at and created >= self.storm_ms:
+                        v.storm_live_at = time.monotonic()
+            bt = self.cfg.backlog_target
+            if bt and not v.backlog_at and v.frames >= bt:
+                v.backlog_at = time.monotonic()
+        if data.count(M_EVENT, 0, n) != c:
+            self._control_events(st, data, n)
+
+    def _track_id(self, v: Viewer, data: Any, n: int, joined: bytes) -> None:
+        """Keep the id of the newest comment read, even when a read splits its ``id:`` line."""
+        if v.id_partial is not None:
+            k = data.find(b"\n", 0, n)
+            if k >= 0:
+                v.last_id = v.id_partial + bytes(data[:k])
+                v.id_partial = None
+            else:
+                v.id_partial += bytes(data[:n])
+        if not joined and data.startswith(b"id: ", 0, n):  # the read split "...\n" | "id: ..."
+            k = data.find(b"\n", 4, n)
+            if k >= 0:
+                v.last_id = bytes(data[4:k])
+            else:
+                v.id_partial = bytes(data[4:n])
+        if joined:
+            j = joined.rfind(M_ID)
+            start = j + len(M_ID) - len(v.tail)
+            if j >= 0 and start > 0:  # the "\nid: " marker itself straddles the boundary
+                k = data.find(b"\n", start, n)
+                if k >= 0:
+                    v.last_id = bytes(data[start:k])
+                else:
+                    v.id_partial = bytes(data[start:n])
+        i = data.rfind(M_ID, 0, n)
+        if i >= 0:
+            k = data.find(b"\n", i + 5, n)
+            if k >= 0:
+                v.last_id = bytes(data[i + 5 : k])
+                v.id_partial = None
+            else:
+                v.id_partial = bytes(data[i + 5 : n])
+
+    def _control_events(self, st: ClassStats, data: Any, n: int) -> None:
+        """Rare events (gap, reset, goaway, mode, remove): parse them one by one."""
+        pos = data.find(M_EVENT, 0, n)
+        while pos >= 0:
+            eol = data.find(b"\n", pos, n)
+            if eol < 0:
+                break
+            name = bytes(data[pos + 7 : eol]).decode(errors="replace").strip()
+            if name != "comment":
+                st.events[name] += 1
+                if name == "gap":
+                    st.gaps += 1
+                    m = data.find(b'"missed":', eol, n)
+                    if m >= 0:
+                        digits = bytearray()
+                        q = m + 9
+                        while q < n and 48 <= data[q] <= 57:
+                            digits.append(data[q])
+                            q += 1
+                        if digits:
+                            st.missed += int(digits)
+            pos = data.find(M_EVENT, eol, n)
+
+    def _read(self, v: Viewer, now: float, limit: int = READ_SIZE) -> None:
+        assert v.sock is not None
+        try:
+            n = v.sock.recv_into(self.mv[:limit] if limit < READ_SIZE else self.buf)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._on_server_close(v, now, errno.errorcode.get(e.errno or 0, str(e.errno)))
+            return
+        if n == 0:
+            self._on_server_close(v, now, "eof")
+            return
+        self._consume(v, self.buf, n)
+
+    def _slow_tick(self, now: float, dt: float) -> None:
+        """Slow viewers read at most ``slow_bps`` bytes per second, in 100 ms steps."""
+        allowance = self.cfg.slow_bps * dt
+        for v in self.slow:
+            if v.state != STREAM:
+                continue
+            v.budget = min(v.budget + allowance, float(READ_SIZE))
+            take = int(v.budget)
+            if take <= 0:
+                continue
+            before = self.stats[v.cls].bytes
+            self._read(v, now, take)
+            v.budget -= self.stats[v.cls].bytes - before
+
+    # -- control ---------------------------------------------------------------------------
+
+    def _storm(self, now: float) -> None:
+        """Every viewer drops its connection and resumes at once with Last-Event-ID."""
+        self.storm_t0 = now
+        self.storm_ms = time.time() * 1000.0
+        for v in self.viewers:
+            v.storm_conn_at = 0.0
+            v.storm_live_at = 0.0
+            if v.state in (CONNECTING, HEADERS, STREAM):
+                self.pending.discard(v)
+                self._close(v)
+                v.reconnects += 1
+                self.stats[v.cls].reconnects += 1
+                self._start_connect(v, now)
+
+    def snapshot(self) -> dict[str, Any]:
+        streaming = sum(1 for v in self.viewers if v.state == STREAM)
+        out: dict[str, Any] = {
+            "connected_once": self.connected,
+            "streaming": streaming,
+            "frames": sum(s.frames for s in self.stats),
+            "frames_by_class": {s.name: s.frames for s in self.stats},
+            "errors": sum(self.errors.values()),
+        }
+        bt = self.cfg.backlog_target
+        if bt:
+            out["with_backlog"] = sum(1 for v in self.viewers if v.backlog_at)
+        if self.storm_t0:
+            out["storm_reconnected"] = sum(1 for v in self.viewers if v.storm_conn_at)
+            out["storm_live"] = sum(1 for v in self.viewers if v.storm_live_at)
+        return out
+
+    def results(self, expected: int) -> dict[str, Any]:
+        t = os.times()
+        classes: dict[str, Any] = {}
+        for ci, st in enumerate(self.stats):
+            members = [v for v in self.viewers if v.cls == ci]
+            entry: dict[str, Any] = {
+                "viewers": len(members),
+                "streaming": sum(1 for v in members if v.state == STREAM),
+                "frames": st.frames,
+                "frames_window": st.frames_window,
+                "bytes": st.bytes,
+                "reads": st.reads,
+                "reads_window": st.reads_window,
+                "hist": {i: c for i, c in enumerate(st.hist) if c},
+                "lat_max": st.lat_max,
+                "lat_samples": st.lat_samples,
+                "gaps": st.gaps,
+                "missed": st.missed,
+                "events": dict(st.events),
+                "server_closed": st.server_closed,
+                "reconnects": st.reconnects,
+            }
+            if expected >= 0:
+                entry["missing"] = sum(max(0, expected - v.frames) for v in members)
+                entry["duplicates"] = sum(max(0, v.frames - expected) for v in members)
+                entry["complete"] = sum(1 for v in members if v.frames == expected)
+            classes[st.name] = entry
+        out: dict[str, Any] = {
+            "classes": classes,
+            "errors": dict(self.errors),
+            "series": self.series,
+            "connect_latency_s": [v.first_latency for v in self.viewers if v.connected_once],
+            "connected": self.connected,
+            "cpu_s": t.user + t.system,
+            "cpu_user_s": t.user,
+            "cpu_sys_s": t.system,
+        }
+        # Absolute time.monotonic() values (one clock for every process on the machine).
+        if self.cfg.backlog_target:
+            out["backlog_at"] = [v.backlog_at or None for v in self.viewers]
+        if self.storm_t0:
+            out["storm_t0"] = self.storm_t0
+            out["storm_reconnect_at"] = [v.storm_conn_at or None for v in self.viewers]
+            out["storm_live_at"] = [v.storm_live_at or None for v in self.viewers]
+        return out
+
+    def _control(self, now: float) -> None:
+        while self.ctl.poll():
+            msg = self.ctl.recv()
+            cmd = msg[0]
+            if cmd == "measure":
+                self.measuring = bool(msg[1])
+            elif cmd == "connect":
+                self.connecting = True
+                self.connect_t0 = now
+            elif cmd == "snap":
+                self.ctl.send(self.snapshot())
+            elif cmd == "storm":
+                self._storm(now)
+            elif cmd == "stop":
+                self.stopping = True
+                self.measuring = False
+                self.ctl.send(self.results(int(msg[1])))
+                return
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        ctl_fd = self.ctl.fileno()
+        self.ep.register(ctl_fd, EV_IN)
+        self.ctl.send(("ready", os.getpid()))
+        poll_s = self.cfg.poll_s
+        next_slow = time.monotonic() + 0.1
+        next_sweep = time.monotonic() + 1.0
+        by_fd = self.by_fd
+        buf = self.buf
+        consume = self._consume
+        maxevents = len(self.viewers) + 8
+        while not self.stopping:
+            now = time.monotonic()
+            self._connect_more(now)
+            if self.timers and self.timers[0][0] <= now:
+                self._run_timers(now)
+            if self.slow and now >= next_slow:
+                self._slow_tick(now, 0.1)
+                next_slow += 0.1
+                if next_slow < now:
+                    next_slow = now + 0.1
+            if now >= next_sweep:
+                self._sweep_timeouts(now)
+                next_sweep = now + 1.0
+            timeout = 0.1
+            if self.timers:
+                timeout = min(timeout, max(0.0, self.timers[0][0] - now))
+            if self.connecting and self.next_connect < len(self.viewers):
+                timeout = min(timeout, 0.002)
+            events = self.ep.poll(timeout, maxevents)
+            if not events:
+                continue
+            now = time.monotonic()
+            for fd, ev in events:
+                v = by_fd.get(fd)
+                if v is None:
+                    if fd == ctl_fd:
+                        self._control(now)
+                        if self.stopping:
+                            break
+                    continue
+                st = v.state
+                if st == STREAM:
+                    if v.mode == READS:
+                        try:
+                            n = v.sock.recv_into(buf)  # type: ignore[union-attr]
+                        except BlockingIOError:
+                            continue
+                        except OSError as e:
+                            self._on_server_close(v, now, errno.errorcode.get(e.errno or 0, str(e.errno)))
+                            continue
+                        if n:
+                            consume(v, buf, n)
+                        else:
+                            self._on_server_close(v, now, "eof")
+                    elif ev & (EV_RDHUP | select.EPOLLHUP | select.EPOLLERR):
+                        self._on_server_close(v, now, "hangup")
+                elif st == CONNECTING:
+                    self._on_connected(v, now)
+                elif st == HEADERS:
+                    self._on_headers(v, now)
+            if self.new_frames:
+                sec = int(now - self.cfg.series_origin)
+                series = self.series
+                if sec >= len(series):
+                    series.extend([0] * (sec + 1 - len(series)))
+                series[sec] += self.new_frames
+                self.new_frames = 0
+            if poll_s > 0:
+                time.sleep(poll_s)
+        for v in self.viewers:
+            if v.sock is not None:
+                v.sock.close()
+
+
+def viewer_main(cfg: ViewerConfig, ctl: Connection) -> None:
+    """Process entry point for viewers."""
+    pin(cfg.cpu)
+    raise_nofile()
+    ViewerWorker(cfg, ctl).run()
+
+
+# -----------------------------------------------------------------------------------------
+# Publisher
+
+
+@dataclass
+class PublisherConfig:
+    """A paced, keep-alive HTTP POST publisher.
+
+    ``body_template`` is bytes with ``%(seq)d`` and ``%(ms)d`` fields (post number, send
+    time in ms since the epoch), so a body costs one formatting operation.
+    """
+
+    host: str
+    port: int
+    path: str
+    body_template: bytes
+    rate: float
+    headers_per_connection: list[list[str]]
+    ok_statuses: tuple[int, ...] = (200, 201, 202)
+    max_lag_s: float = 1.0
+    cpu: int | None = None
+    series_origin: float = 0.0
+
+
+class PubConn:
+    """One keep-alive publisher connection."""
+
+    __slots__ = ("busy", "fd", "head", "in_window", "rbuf", "sent_at", "sock")
+
+    def __init__(self, head: bytes) -> None:
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.head = head
+        self.busy = False
+        self.sent_at = 0.0
+        self.in_window = False
+        self.rbuf = b""
+
+
+def _response_complete(buf: bytes) -> tuple[int, int, bool] | None:
+    """(status, total length, close) once ``buf`` holds one whole HTTP/1.1 response."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buf[:end].decode("latin-1")
+    lines = head.split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = 0
+    chunked = False
+    close = False
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        value = value.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding" and "chunked" in value:
+            chunked = True
+        elif name == "connection" and value == "close":
+            close = True
+    if chunked:
+        term = buf.find(b"0\r\n\r\n", end + 4)
+        if term < 0:
+            return None
+        return status, term + 5, close
+    total = end + 4 + length
+    if len(buf) < total:
+        return None
+    return status, total, close
+
+
+class PublisherWorker:
+    """Posts comments at a fixed rate over keep-alive connections, measuring post latency."""
+
+    def __init__(self, cfg: PublisherConfig, ctl: Connection) -> None:
+        self.cfg = cfg
+        self.ctl = ctl
+        self.ep = select.epoll()
+        self.conns = []
+        for hdrs in cfg.headers_per_connection:
+            head = (
+                f"POST {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\n"
+                "Content-Type: application/json\r\n" + "".join(h + "\r\n" for h in hdrs)
+            ).encode()
+            self.conns.append(PubConn(head))
+        self.by_fd: dict[int, PubConn] = {}
+        self.posting = False
+        self.measuring = False
+        self.stopping = False
+        self.t0 = 0.0
+        self.seq = 0
+        self.sent = 0
+        self.ok = 0
+        self.ok_window = 0
+        self.sent_window = 0
+        self.skipped = 0
+        self.statuses: Counter[int] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.latencies: list[float] = []
+        self.series: list[int] = []
+        self.max_lag = 0.0
+
+    def _connect(self, c: PubConn) -> None:
+        s = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        c.sock = s
+        c.fd = s.fileno()
+        c.busy = False
+        c.rbuf = b""
+        self.by_fd[c.fd] = c
+        self.ep.register(c.fd, EV_IN)
+
+    def _drop(self, c: PubConn) -> None:
+        if c.sock is not None:
+            try:
+                self.ep.unregister(c.fd)
+            except (OSError, ValueError):
+                pass
+            self.by_fd.pop(c.fd, None)
+            c.sock.close()
+            c.sock = None
+        c.busy = False
+
+    def _send(self, c: PubConn, now: float) -> None:
+        if c.sock is None:
+            try:
+                self._connect(c)
+            except OSError as e:
+                self.errors[f"connect {e}"] += 1
+                return
+        assert c.sock is not None
+        body = self.cfg.body_template % {b"seq": self.seq, b"ms": int(time.time() * 1000)}
+        req = c.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        try:
+            sent = c.sock.send(req)
+            if sent < len(req):  # rare on loopback: finish it blocking
+                c.sock.setblocking(True)
+                c.sock.sendall(req[sent:])
+                c.sock.setblocking(False)
+        except OSError as e:
+            self.errors[f"send {errno.errorcode.get(e.errno or 0, e.errno)}"] += 1
+            self._drop(c)
+            return
+        self.seq += 1
+        self.sent += 1
+        if self.measuring:
+            self.sent_window += 1
+        c.busy = True
+        c.sent_at = now
+        c.in_window = self.measuring
+
+    def _on_readable(self, c: PubConn, now: float) -> None:
+        assert c.sock is not None
+        try:
+            data = c.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if c.busy:
+                self.errors["publisher connection closed mid-request"] += 1
+            self._drop(c)
+            return
+        c.rbuf += data
+        done = _response_complete(c.rbuf)
+        if done is None:
+            return
+        status, total, close = done
+        c.rbuf = c.rbuf[total:]
+        c.busy = False
+        self.statuses[status] += 1
+        if status in self.cfg.ok_statuses:
+            self.ok += 1
+            sec = int(now - self.cfg.series_origin)
+            if sec >= len(self.series):
+                self.series.extend([0] * (sec + 1 - len(self.series)))
+            self.series[sec] += 1
+            if c.in_window:
+                self.ok_window += 1
+                self.latencies.append((time.monotonic() - c.sent_at) * 1000.0)
+        else:
+            self.errors[f"post http {status}"] += 1
+        if close:
+            self._drop(c)
+
+    def _control(self) -> None:
+        while self.ctl.poll():
+            msg = self.ctl.recv()
+            cmd = msg[0]
+            if cmd == "start":
+                self.posting = True
+                self.t0 = time.monotonic()
+            elif cmd == "measure":
+                self.measuring = bool(msg[1])
+            elif cmd == "snap":
+                self.ctl.send({"sent": self.sent, "ok": self.ok, "lag_s": self.max_lag})
+            elif cmd == "stop":
+                self.posting = False
+                self.measuring = False
+                self.stopping = True
+
+    def run(self) -> None:
+        ctl_fd = self.ctl.fileno()
+        self.ep.register(ctl_fd, EV_IN)
+        for c in self.conns:
+            self._connect(c)
+        self.ctl.send(("ready", os.getpid()))
+        interval = 1.0 / self.cfg.rate if self.cfg.rate > 0 else 0.0
+        posted_since_start = 0
+        drain_until = 0.0
+        while True:
+            now = time.monotonic()
+            timeout = 0.1
+            if self.posting and interval:
+                due = self.t0 + posted_since_start * interval
+                lag = now - due
+                if lag > self.cfg.max_lag_s:
+                    # The server cannot keep up: skip the slots that are hopelessly late, so the
+                    # achieved rate shows its capacity instead of a burst catching up.
+                    skip = int((lag - self.cfg.max_lag_s) / interval) + 1
+                    self.skipped += skip
+                    posted_since_start += skip
+                    due = self.t0 + posted_since_start * interval
+                    lag = now - due
+                if self.measuring and lag > self.max_lag:
+                    self.max_lag = lag
+                for c in self.conns:
+                    if due > now:
+                        break
+                    if not c.busy:
+                        self._send(c, now)
+                        posted_since_start += 1
+                        due = self.t0 + posted_since_start * interval
+                timeout = due - now if due > now and any(not c.busy for c in self.conns) else 0.05
+            if self.stopping:
+                if not drain_until:
+                    drain_until = now + 3.0
+                if now >= drain_until or not any(c.busy for c in self.conns):
+                    break
+            for fd, _ in self.ep.poll(timeout):
+                if fd == ctl_fd:
+                    self._control()
+                    continue
+                conn = self.by_fd.get(fd)
+                if conn is not None:
+                    self._on_readable(conn, time.monotonic())
+        t = os.times()
+        self.ctl.send(
+            {
+                "sent": self.sent,
+                "ok": self.ok,
+                "sent_window": self.sent_window,
+                "ok_window": self.ok_window,
+                "skipped": self.skipped,
+                "statuses": dict(self.statuses),
+                "errors": dict(self.errors),
+                "latencies_ms": self.latencies,
+                "series": self.series,
+                "max_lag_s": self.max_lag,
+                "cpu_s": t.user + t.system,
+                "cpu_user_s": t.user,
+                "cpu_sys_s": t.system,
+            }
+        )
+        for c in self.conns:
+            self._drop(c)
+
+
+def publisher_main(cfg: PublisherConfig, ctl: Connection) -> None:
+    """Process entry point for the publisher."""
+    pin(cfg.cpu)
+    raise_nofile()
+    PublisherWorker(cfg, ctl).run()
