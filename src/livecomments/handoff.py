@@ -43,11 +43,15 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
 
+    # Shielded: Hypercorn may close the connection from a task the app is cancelling;
+    # an unshielded close would be cancelled too and leave the connection hanging open.
     async def send_eof(self) -> None:
-        await self._inner.send_eof()
+        with trio.CancelScope(shield=True):
+            await self._inner.send_eof()
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        with trio.CancelScope(shield=True):
+            await self._inner.aclose()
 
 
 def hypercorn_config() -> Config:

@@ -33,6 +33,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import RemoteProtocolError
 
 from livecomments.auth import TokenIssuer
 from livecomments.config import Settings
@@ -131,6 +132,9 @@ class FrontDoor:
                 await self._stream(sock, *opened)
         except (OSError, trio.ClosedResourceError):
             pass
+        except Exception:
+            # One connection's surprise must never take the server down with it.
+            log.exception("connection failed")
         finally:
             if not handed_off:
                 trio.lowlevel.notify_closing(sock)
@@ -150,6 +154,11 @@ class FrontDoor:
                     await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
                     return None
                 if event is h11.NEED_DATA:
+                    if len(raw) > HEAD_LIMIT:
+                        # Still no whole head after the limit (h11 checks only heads that
+                        # arrive in several reads, so say it here for every case).
+                        await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
+                        return None
                     await trio.lowlevel.wait_readable(sock)
                     try:
                         data = sock.recv(RECV)
@@ -236,8 +245,12 @@ class FrontDoor:
 
     async def _websocket(self, sock: socket.socket, raw: bytes, video_id: str, query: dict[str, str]) -> Opened | None:
         ws = WSConnection(ConnectionType.SERVER)
-        ws.receive_data(raw)
-        request = next((e for e in ws.events() if isinstance(e, Request)), None)
+        try:
+            ws.receive_data(raw)
+            request = next((e for e in ws.events() if isinstance(e, Request)), None)
+        except RemoteProtocolError as e:
+            await _send_all(sock, _plain_response(400, "bad_websocket_handshake", str(e)))
+            return None
         if request is None:
             return None
         try:
@@ -353,3 +366,13 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
                 await trio.lowlevel.wait_writable(sock)
                 continue
             view = view[n:]
+
+
+def _plain_response(status: int, code: str, detail: str) -> bytes:
+    """A whole JSON error response for a connection that has no h11 state to use."""
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    reason = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}.get(status, b"Error")
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+        % (status, reason, len(body), body)
+    )

@@ -124,6 +124,8 @@ class Room:
         """The newest ``n`` entries this viewer may see, excluding those awaiting a flush
         (the flush will bring them, so a joiner never gets one twice)."""
         out: list[Entry] = []
+        if n <= 0:
+            return out
         for e in reversed(self.ring.last(n + len(self.pending) + 64)):
             if e.id in self.pending_ids or not visible_to(e, user_id):
                 continue
