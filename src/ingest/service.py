@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from backpressure.gcra import Gcra
+from backpressure.rate import Rate
 from backpressure.ratelimit import RateLimiter
 from ingest.ordering import PublishOrder
 from livecomments.auth import Identity
@@ -38,22 +38,30 @@ CLIENT_ID_MAX = 128
 STORE_TIMEOUT_S = 30.0  # a post waits this long for the store before 503
 
 
+# Format characters a comment may carry: joiners (emoji sequences, Indic scripts) and
+# the plain direction marks. Overrides and isolates (U+202A-202E, U+2066-2069), which can
+# make a comment display as something else, are refused with the other format characters.
+ALLOWED_FORMAT = frozenset("\u200c\u200d\u200e\u200f")
+
+
 def clean_text(text: object, max_chars: int) -> str:
-    """The comment text as stored: trimmed, NFC, no control characters but newline/tab."""
+    """The comment text as stored: line ends as ``\n``, NFC, trimmed; no control,
+    private-use, unassigned or format characters (but joiners and direction marks)."""
     if not isinstance(text, str):
         raise Unprocessable("text must be a string", code="invalid_text")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise Unprocessable("text is not valid Unicode text", code="invalid_text") from None
-    text = unicodedata.normalize("NFC", text).strip()
-    if not text:
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if not text or not any(ch not in ALLOWED_FORMAT and not ch.isspace() for ch in text):
         raise Unprocessable("text is empty", code="empty_text")
     if len(text) > max_chars:
         raise Unprocessable(f"text is longer than {max_chars} characters", code="text_too_long")
     for ch in text:
-        if ch not in "\n\t" and unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn"):
-            raise Unprocessable("text contains control or unassigned characters", code="invalid_text")
+        cat = unicodedata.category(ch)
+        if (cat in ("Cc", "Cs", "Co", "Cn") and ch not in "\n\t") or (cat == "Cf" and ch not in ALLOWED_FORMAT):
+            raise Unprocessable("text contains control, format or unassigned characters", code="invalid_text")
     return text
 
 
@@ -85,8 +93,8 @@ class CommentService:
         self.metrics = metrics
         self.moderation = moderation  # bans and slow mode (in-memory cache), the log
         self.queue = queue  # automod's queue: accepted comments are offered, never awaited
-        self.rule = Gcra.from_text(settings.rate_limit)
-        self.reaction_rule = Gcra.from_text(settings.reaction_rate_limit)
+        self.rule = Rate.from_text(settings.rate_limit)
+        self.reaction_rule = Rate.from_text(settings.reaction_rate_limit)
         self.ids = SnowflakeGenerator(settings.worker_id)
         self.order: PublishOrder[Comment] = PublishOrder()
         self._publish_lock = trio.Lock()
@@ -102,13 +110,13 @@ class CommentService:
         slow = policy.slow_mode_s if policy is not None else 0
         if slow:
             # The interval is part of the key: changing it starts everyone's count afresh.
-            limits.append((f"slow:{video_id}:{slow}:{who.user_id}", Gcra(1, float(slow))))
+            limits.append((f"slow:{video_id}:{slow}:{who.user_id}", Rate(1, float(slow))))
         decision = await self.limiter.acquire_many(limits, trio.current_time())
         if not decision.allowed:
             detail = f"at most {self.rule.count} comments per {self.rule.period:g} s"
             if slow:
                 detail += f", and slow mode allows one comment per {slow} s on this video"
-            raise RateLimited(detail, Gcra.retry_after_header(decision.retry_after))
+            raise RateLimited(detail, Rate.retry_after_header(decision.retry_after))
         now = self.wall_ms()
         comment = Comment(
             id=self.ids.next_id(now),
@@ -209,7 +217,7 @@ class CommentService:
             raise NotFound("no such comment", code="no_such_comment")
         decision = await self.limiter.acquire("react:" + who.user_id, self.reaction_rule, trio.current_time())
         if not decision.allowed:
-            raise RateLimited("too many reactions", Gcra.retry_after_header(decision.retry_after))
+            raise RateLimited("too many reactions", Rate.retry_after_header(decision.retry_after))
         if policy is not None and policy.shadow:
             return
         await self.bus.publish(video_id, Reaction(video_id, comment_id))

@@ -37,24 +37,37 @@ class Identity:
 
 
 def signing_key(secret: str, data_dir: str) -> str:
-    """The configured secret, or a random key kept in ``data_dir`` (created once)."""
+    """The configured secret, or a random key kept in ``data_dir`` (created once).
+
+    The file appears with its whole content or not at all (written aside, then linked
+    into place), so a reader never sees it empty; when two processes race, one key wins
+    and both use it. An empty file left by something else is replaced.
+    """
     if secret:
         return secret
     path = Path(data_dir) / KEY_FILE
     try:
-        return path.read_text().strip()
+        key = path.read_text().strip()
     except FileNotFoundError:
-        pass
+        key = ""
+    if key:
+        return key
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: when two processes race, one writes and both read the same key.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+    tmp = path.with_name(f"{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(key)
-    return key
+        f.write(secrets.token_urlsafe(48))
+    try:
+        if path.exists():
+            os.replace(tmp, path)  # it was empty: nobody can have used it
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process won the race: use its key
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 @attrs.frozen

@@ -8,13 +8,14 @@ later.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from backpressure.gcra import parse_rate
+from backpressure.rate import parse_rate
 
 
 def _setting(default: Any, help: str, *, kind: type = str) -> Any:
@@ -166,6 +167,18 @@ def load(
 
 
 def _check(s: Settings) -> None:
+    for f in attrs.fields(Settings):
+        value = getattr(s, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number")
+    if not 0 <= s.port <= 65535:
+        raise ValueError("port must be in 0..65535")
+    for name in ("flush_rate", "heartbeat_s", "stuck_s", "sample_target_per_s", "snapshot_interval_s", "longpoll_max_s"):
+        if getattr(s, name) <= 0:
+            raise ValueError(f"{name} must be positive")
+    for name in ("room_linger_s", "shutdown_grace_s", "tier_min_dwell_s"):
+        if getattr(s, name) < 0:
+            raise ValueError(f"{name} must not be negative")
     if not 0 <= s.worker_id <= 1023:
         raise ValueError("worker_id must be in 0..1023")
     if s.tier_sampled_below > s.tier_sampled_at or s.tier_cdn_below > s.tier_cdn_at:

@@ -292,13 +292,15 @@ class Room:
             enc = v.encoding
             if private and v.user_id in private:
                 own = sorted(public + private[v.user_id], key=lambda e: e.id)
-                v.deliver(self._encode(enc, own, removals), len(own), now)
+                v.deliver(self._encode(enc, own, removals), len(own) + len(removals), now)
             else:
                 data = encoded.get(enc)
                 if data is None:
                     data = encoded[enc] = self._encode(enc, public, removals)
                 if data:
-                    v.deliver(data, n, now)
+                    # A dropped batch counts its removals as missed too, so a viewer that
+                    # missed only a removal still gets its gap notice.
+                    v.deliver(data, n + len(removals), now)
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await trio.lowlevel.checkpoint()
         self.metrics.delivered(n * len(viewers), len(viewers) if (n or removals) else 0)
