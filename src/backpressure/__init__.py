@@ -4,19 +4,18 @@ Nothing here does I/O or reads a clock; callers pass ``now`` (seconds, any monot
 origin). The Trio shells in ``rms`` and ``ingest`` wire them to sockets and timers.
 """
 
-from backpressure.gcra import Gcra, GcraState, parse_rate
 from backpressure.outbound import OutboundQueue
 from backpressure.pacer import FlushPacer
+from backpressure.rate import Rate, parse_rate
 from backpressure.ratelimit import Decision, InMemoryRateLimiter, RateLimiter
 from backpressure.velocity import Velocity
 
 __all__ = [
     "Decision",
     "FlushPacer",
-    "Gcra",
-    "GcraState",
     "InMemoryRateLimiter",
     "OutboundQueue",
+    "Rate",
     "RateLimiter",
     "Velocity",
     "parse_rate",

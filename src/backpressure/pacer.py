@@ -25,7 +25,8 @@ class FlushPacer:
         """The earliest time the next flush may run (<= now: flush at once)."""
         interval = 1.0 / self.rate
         gcra_at = max(self._tat, now) + interval - self.burst * interval
-        return max(gcra_at, self._not_before)
+        at = max(gcra_at, self._not_before)
+        return now if at - now < 1e-9 else at  # a rounding error is not a reason to wait
 
     def flushed(self, now: float, cost: float = 0.0) -> None:
         """Record a flush that started at ``now`` and took ``cost`` seconds."""

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import attrs
 
-from backpressure.gcra import Gcra
+from backpressure.rate import Events, Rate
 
 
 @attrs.frozen
@@ -18,10 +18,10 @@ class Decision:
 
 
 class RateLimiter(Protocol):
-    async def acquire(self, key: str, rule: Gcra, now: float) -> Decision:
+    async def acquire(self, key: str, rule: Rate, now: float) -> Decision:
         """Count one event for ``key`` under ``rule`` if allowed (atomically)."""
 
-    async def acquire_many(self, items: Sequence[tuple[str, Gcra]], now: float) -> Decision:
+    async def acquire_many(self, items: Sequence[tuple[str, Rate]], now: float) -> Decision:
         """All or nothing: allowed only if every (key, rule) allows; then each is counted,
         otherwise none is. ``retry_after`` is the longest wait among the refusals.
         (A post checks the per-user limit and the video's slow mode this way, so that
@@ -30,58 +30,45 @@ class RateLimiter(Protocol):
 
 @attrs.define
 class InMemoryRateLimiter:
-    """Per-process GCRA state for up to ``max_keys`` keys.
+    """Per-process rate-limit state for up to ``max_keys`` keys.
 
-    When full, keys whose TAT has passed are forgotten first (they carry no state);
-    if every key is still active, the least recently used one is forgotten, which at
-    worst gives that user a fresh burst. The bound keeps memory fixed under a flood of
-    new user ids.
+    Keys are kept in least-recently-counted order. When a new key would pass the bound,
+    the least recently counted key is forgotten: usually its events have left the
+    window anyway; at worst that user gets a fresh window. O(1) per event, and memory
+    stays fixed under a flood of new user ids.
     """
 
     max_keys: int = 100_000
-    _tats: OrderedDict[str, float] = attrs.field(factory=OrderedDict, init=False)
+    _events: OrderedDict[str, Events] = attrs.field(factory=OrderedDict, init=False)
 
-    def check(self, key: str, rule: Gcra, now: float) -> Decision:
-        allowed, new_tat, retry = rule.check(self._tats.get(key), now)
-        if allowed:
-            self._tats[key] = new_tat
-            self._tats.move_to_end(key)
-            if len(self._tats) > self.max_keys:
-                self._evict(now)
-        return Decision(allowed, retry)
+    def check(self, key: str, rule: Rate, now: float) -> Decision:
+        return self.check_many([(key, rule)], now)
 
-    async def acquire(self, key: str, rule: Gcra, now: float) -> Decision:
+    async def acquire(self, key: str, rule: Rate, now: float) -> Decision:
         return self.check(key, rule, now)
 
-    def check_many(self, items: Sequence[tuple[str, Gcra]], now: float) -> Decision:
-        tats: dict[str, float | None] = {}  # a key named twice sees its first count
-        new: list[tuple[str, float]] = []
+    def check_many(self, items: Sequence[tuple[str, Rate]], now: float) -> Decision:
+        pending: dict[str, Events] = {}  # a key named twice sees its first count
         retry = 0.0
+        allowed_all = True
         for key, rule in items:
-            allowed, new_tat, wait = rule.check(tats.get(key, self._tats.get(key)), now)
+            allowed, events, wait = rule.check(pending.get(key, self._events.get(key)), now)
             if allowed:
-                tats[key] = new_tat
-                new.append((key, new_tat))
+                pending[key] = events
             else:
+                allowed_all = False
                 retry = max(retry, wait)
-        if retry > 0.0 or len(new) < len(items):
+        if not allowed_all:
             return Decision(False, retry)
-        for key, tat in new:
-            self._tats[key] = tat
-            self._tats.move_to_end(key)
-        if len(self._tats) > self.max_keys:
-            self._evict(now)
+        for key, events in pending.items():
+            self._events[key] = events
+            self._events.move_to_end(key)
+        while len(self._events) > self.max_keys:
+            self._events.popitem(last=False)
         return Decision(True, 0.0)
 
-    async def acquire_many(self, items: Sequence[tuple[str, Gcra]], now: float) -> Decision:
+    async def acquire_many(self, items: Sequence[tuple[str, Rate]], now: float) -> Decision:
         return self.check_many(items, now)
 
     def __len__(self) -> int:
-        return len(self._tats)
-
-    def _evict(self, now: float) -> None:
-        expired = [k for k, tat in self._tats.items() if tat <= now]
-        for k in expired:
-            del self._tats[k]
-        while len(self._tats) > self.max_keys:
-            self._tats.popitem(last=False)
+        return len(self._events)

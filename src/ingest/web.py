@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 from quart import Blueprint, Response, request
 
-from backpressure.gcra import Gcra
+from backpressure.rate import Rate
 from livecomments.auth import new_guest_id
 from livecomments.errors import NotFound, RateLimited, Unprocessable
 from livecomments.web import bearer, json_body, json_response, services
@@ -25,11 +25,11 @@ async def guest() -> Response:
     name = body.get("name")
     if not isinstance(name, str) or not 1 <= len(name.strip()) <= NAME_MAX or not name.strip().isprintable():
         raise Unprocessable(f"name must be 1-{NAME_MAX} printable characters", code="invalid_name")
-    rule = Gcra.from_text(svc.settings.guest_rate_limit)
+    rule = Rate.from_text(svc.settings.guest_rate_limit)
     addr = request.remote_addr or "unknown"
     decision = await svc.limiter.acquire("guest:" + addr, rule, trio.current_time())
     if not decision.allowed:
-        raise RateLimited("too many guest sign-ins from this address", Gcra.retry_after_header(decision.retry_after))
+        raise RateLimited("too many guest sign-ins from this address", Rate.retry_after_header(decision.retry_after))
     user_id = new_guest_id()
     token = svc.issuer.issue(user_id, name.strip(), ("viewer",))
     return json_response({"token": token, "user_id": user_id, "name": name.strip()}, 201)

@@ -115,7 +115,7 @@ class InProcessQueue:
 
 
 def limits_from(settings: Settings) -> Limits:
-    from backpressure.gcra import parse_rate
+    from backpressure.rate import parse_rate
 
     def rate(text: str) -> tuple[int, float]:
         return (0, 0.0) if text.strip().lower() == "off" else parse_rate(text)
