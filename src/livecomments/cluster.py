@@ -1,0 +1,404 @@
+"""``livecomments cluster up``: a whole cluster on this machine, in the foreground.
+
+It starts Redis (unless ``--redis-url`` names one), ``--ingest`` ingest nodes and
+``--rms`` rms nodes (child processes whose command lines name their role), the persist
+worker, and nginx with ``deploy/nginx/edge.conf``; waits until each answers; prints what
+runs where and then ``edge: http://127.0.0.1:P``. SIGINT or SIGTERM stops everything in
+order: the edge, the rms nodes (which send ``goaway`` and drain), ingest, persist, Redis.
+A node that dies meanwhile is reported, not restarted (failure drills kill nodes on
+purpose). Everything (configs, logs, the SQLite cold store, Redis' append-only file)
+lives in the run directory, also described in ``cluster.json`` there.
+
+Children get ``LIVECOMMENTS_*`` settings from this process' environment (so
+``LIVECOMMENTS_RATE_LIMIT=... livecomments cluster up`` applies to every node), plus
+their own port, node id and Snowflake worker id (1, 2, ... for ingest nodes: ids from
+different workers never collide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+READY_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the cluster process dies (Linux), so that a killed
+    ``cluster up`` leaves no orphans."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def edge_template() -> str:
+    """deploy/nginx/edge.conf from the source tree (next to ``src/``)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "deploy" / "nginx" / "edge.conf"
+        if candidate.is_file():
+            return candidate.read_text()
+    packaged = resources.files("livecomments") / "edge.conf"
+    if packaged.is_file():
+        return packaged.read_text()
+    raise FileNotFoundError("deploy/nginx/edge.conf not found next to the package")
+
+
+def render_edge(
+    template: str,
+    *,
+    run_dir: str,
+    listen: str,
+    rms: list[str],
+    ingest: list[str],
+    tls: tuple[str, str] | None = None,
+    workers: int = 1,
+) -> str:
+    """Fill in the template's fields (``rms``/``ingest``: host:port of each node)."""
+    server = "        server {} max_fails=1 fail_timeout=3s;"
+    tls_lines = ""
+    if tls is not None:
+        tls_lines = (
+            f"        ssl_certificate {tls[0]};\n"
+            f"        ssl_certificate_key {tls[1]};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;"
+        )
+    text = template
+    for field, value in {
+        "{{RUN_DIR}}": run_dir,
+        "{{LISTEN}}": listen,
+        "{{WORKERS}}": str(workers),
+        "{{RMS_SERVERS}}": "\n".join(server.format(a) for a in rms),
+        "{{INGEST_SERVERS}}": "\n".join(server.format(a) for a in ingest),
+        "{{TLS}}": tls_lines,
+    }.items():
+        text = text.replace(field, value)
+    if os.geteuid() == 0:
+        # Workers would run as "nobody" and could not write the run dir's temp and cache.
+        text = text.replace("worker_processes", "user root;\nworker_processes", 1)
+    return text
+
+
+def self_signed(directory: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1/localhost, made with the openssl command."""
+    cert, key = directory / "edge.crt", directory / "edge.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+@attrs.define
+class Child:
+    name: str
+    role: str
+    cmd: list[str]
+    env: dict[str, str]
+    log: str
+    url: str = ""
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    exited: int | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # Ctrl-C in a terminal reaches only `cluster up`, which then stops the
+                # children in order; if it dies, they get SIGTERM (PR_SET_PDEATHSIG).
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "".join(Path(self.log).read_text(errors="replace").splitlines(keepends=True)[-lines:])
+        except OSError:
+            return ""
+
+
+class Cluster:
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.rms < 1 or args.ingest < 1:
+            raise ValueError("a cluster needs at least one rms and one ingest node")
+        self.args = args
+        self.run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="livecomments-cluster-")).resolve()
+        self.children: list[Child] = []
+        self.redis_url: str = args.redis_url or ""
+        self.redis: Child | None = None
+        self.nginx: Child | None = None
+        self.edge_url = ""
+        self.stopping = False
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()}
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "LIVECOMMENTS_REDIS_URL": self.redis_url,
+                "LIVECOMMENTS_DATA_DIR": str(self.run_dir / "data"),
+                "LIVECOMMENTS_HOST": "127.0.0.1",
+                "LIVECOMMENTS_PROXY_HOPS": env.get("LIVECOMMENTS_PROXY_HOPS", "1"),
+            }
+        )
+        env.update(extra)
+        return env
+
+    def _start_redis(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server), or pass --redis-url")
+        port = free_port()
+        data = self.run_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self.redis_url = f"redis://127.0.0.1:{port}"
+        cmd = [
+            exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no",
+            # Accepted comments wait in Redis for the persist worker: keep them across a restart.
+            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data),
+        ]
+        self.redis = Child("redis", "redis", cmd, dict(os.environ), str(self.run_dir / "logs" / "redis.log"),
+                           url=self.redis_url, port=port)
+        self.redis.start()
+
+    def _node(self, role: str, n: int, **extra: str) -> Child:
+        name = f"{role}-{n}"
+        port = free_port() if role != "persist" else 0
+        cmd = [sys.executable, "-m", "livecomments", role, "--node-id", name]
+        if port:
+            cmd += ["--port", str(port)]
+        env = self._env(LIVECOMMENTS_NODE_ID=name, **extra)
+        child = Child(name, role, cmd, env, str(self.run_dir / "logs" / f"{name}.log"), port=port)
+        if port:
+            child.url = f"http://127.0.0.1:{port}"
+        return child
+
+    def _start_nginx(self) -> None:
+        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if exe is None:
+            raise RuntimeError("nginx is not installed (apt-get install -y nginx)")
+        ndir = self.run_dir / "nginx"
+        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "cache"):
+            (ndir / sub).mkdir(parents=True, exist_ok=True)
+        port = self.args.edge_port or free_port()
+        tls = self_signed(ndir) if self.args.tls else None
+        listen = f"127.0.0.1:{port}" + (" ssl http2" if tls else "")
+        conf = render_edge(
+            edge_template(),
+            run_dir=str(ndir),
+            listen=listen,
+            rms=[f"127.0.0.1:{c.port}" for c in self.children if c.role == "rms"],
+            ingest=[f"127.0.0.1:{c.port}" for c in self.children if c.role == "ingest"],
+            tls=tls,
+        )
+        (ndir / "edge.conf").write_text(conf)
+        scheme = "https" if tls else "http"
+        self.edge_url = f"{scheme}://127.0.0.1:{port}"
+        cmd = [exe, "-p", str(ndir), "-c", str(ndir / "edge.conf"), "-e", str(ndir / "error.log")]
+        self.nginx = Child("nginx", "edge", cmd, dict(os.environ), str(self.run_dir / "logs" / "nginx.log"),
+                           url=self.edge_url, port=port)
+        self.nginx.start()
+
+    async def _wait_ready(self, child: Child, path: str, *, verify: bool = True) -> None:
+        import httpx
+
+        deadline = trio.current_time() + READY_TIMEOUT_S
+        async with httpx.AsyncClient(verify=verify, timeout=2.0) as client:
+            while True:
+                if child.proc is not None and child.proc.poll() is not None:
+                    raise RuntimeError(f"{child.name} exited during start-up:\n{child.tail()}")
+                try:
+                    r = await client.get(child.url + path)
+                    if r.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if trio.current_time() > deadline:
+                    raise RuntimeError(f"{child.name} did not answer {path} within {READY_TIMEOUT_S:.0f} s:\n{child.tail()}")
+                await trio.sleep(0.1)
+
+    async def _wait_redis(self) -> None:
+        host, port = self.redis_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        deadline = trio.current_time() + READY_TIMEOUT_S
+        while True:
+            if self.redis is not None and self.redis.proc is not None and self.redis.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited during start-up:\n{self.redis.tail()}")
+            try:
+                stream = await trio.open_tcp_stream(host, int(port))
+                async with stream:
+                    await stream.send_all(b"PING\r\n")
+                    if b"PONG" in await stream.receive_some(64):
+                        return
+            except OSError:
+                pass
+            if trio.current_time() > deadline:
+                raise RuntimeError(f"Redis at {self.redis_url} did not answer")
+            await trio.sleep(0.1)
+
+    async def start(self) -> None:
+        for sub in ("logs", "data"):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        if not self.redis_url:
+            self._start_redis()
+        await self._wait_redis()
+        for n in range(1, self.args.ingest + 1):
+            self.children.append(self._node("ingest", n, LIVECOMMENTS_WORKER_ID=str(n)))
+        for n in range(1, self.args.rms + 1):
+            self.children.append(self._node("rms", n))
+        if not self.args.no_persist:
+            self.children.append(self._node("persist", 1))
+        for child in self.children:
+            child.start()
+        async with trio.open_nursery() as nursery:
+            for child in self.children:
+                if child.url:
+                    nursery.start_soon(self._wait_ready, child, "/readyz")
+        self._start_nginx()
+        assert self.nginx is not None
+        await self._wait_ready(self.nginx, "/healthz", verify=False)
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "edge": self.edge_url,
+            "redis": {"url": self.redis_url, "pid": self.redis.pid if self.redis else None},
+            "nginx": {
+                "pid": self.nginx.pid if self.nginx else None,
+                "config": str(self.run_dir / "nginx" / "edge.conf"),
+                "access_log": str(self.run_dir / "nginx" / "access.log"),
+            },
+            "nodes": [
+                {"name": c.name, "role": c.role, "url": c.url, "port": c.port, "pid": c.pid, "log": c.log}
+                for c in self.children
+            ],
+            "data_dir": str(self.run_dir / "data"),
+        }
+
+    def report(self) -> None:
+        def rel(path: str) -> str:
+            return os.path.relpath(path, self.run_dir)
+
+        print(f"livecomments cluster: run dir {self.run_dir}", flush=True)
+        if self.redis is not None:
+            print(f"  {'redis':<10} {self.redis_url:<28} pid {self.redis.pid:<8} (started here, AOF in redis/)")
+        else:
+            print(f"  {'redis':<10} {self.redis_url:<28} (given)")
+        for c in self.children:
+            where = c.url or ("cold store: " + os.environ.get("LIVECOMMENTS_STORE", "sqlite"))
+            extra = f" worker {c.env['LIVECOMMENTS_WORKER_ID']}" if c.role == "ingest" else ""
+            print(f"  {c.name:<10} {where:<28} pid {c.pid:<8} log {rel(c.log)}{extra}")
+        assert self.nginx is not None
+        print(f"  {'nginx':<10} {self.edge_url:<28} pid {self.nginx.pid:<8} config nginx/edge.conf, access log nginx/access.log")
+        print(f"  tokens: livecomments token --data-dir {self.run_dir / 'data'} --user U --name N", flush=True)
+        print(f"edge: {self.edge_url}", flush=True)
+
+    # -- running and stopping -------------------------------------------------------------------
+
+    async def _watch(self, child: Child) -> None:
+        assert child.proc is not None
+        code = await trio.to_thread.run_sync(child.proc.wait, abandon_on_cancel=True)
+        child.exited = code
+        if not self.stopping:
+            print(f"livecomments cluster: {child.name} (pid {child.pid}) exited with code {code}", flush=True)
+
+    async def _stop_group(self, children: list[Child], sig: int, grace_s: float) -> None:
+        """Signal them all, wait up to ``grace_s`` for them to exit, then kill."""
+        for c in children:
+            c.signal(sig)
+        with trio.move_on_after(grace_s):
+            for c in children:
+                if c.proc is not None:
+                    await trio.to_thread.run_sync(c.proc.wait, abandon_on_cancel=True)
+        for c in children:
+            if c.proc is not None and c.proc.poll() is None:
+                c.proc.kill()
+                await trio.to_thread.run_sync(c.proc.wait)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        grace = float(os.environ.get("LIVECOMMENTS_SHUTDOWN_GRACE_S", "5"))
+        if self.nginx is not None:
+            await self._stop_group([self.nginx], signal.SIGTERM, 5)  # fast: streams end now
+        await self._stop_group([c for c in self.children if c.role == "rms"], signal.SIGTERM, grace + 10)
+        await self._stop_group([c for c in self.children if c.role == "ingest"], signal.SIGTERM, 10)
+        await self._stop_group([c for c in self.children if c.role == "persist"], signal.SIGTERM, grace + 10)
+        if self.redis is not None:
+            await self._stop_group([self.redis], signal.SIGTERM, 10)
+
+    async def run(self) -> int:
+        failed: list[str] = []
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def until_signal() -> None:
+                        async for _ in signals:
+                            nursery.cancel_scope.cancel()
+                            return
+
+                    nursery.start_soon(until_signal)
+                    await self.start()
+                    (self.run_dir / "cluster.json").write_text(json.dumps(self.describe(), indent=2))
+                    self.report()
+                    for c in [*self.children, self.nginx, self.redis]:
+                        if c is not None:
+                            nursery.start_soon(self._watch, c)
+            except* (RuntimeError, OSError, subprocess.CalledProcessError) as group:
+                failed = [str(e) for e in group.exceptions]
+            finally:
+                with trio.CancelScope(shield=True):
+                    print("livecomments cluster: stopping", flush=True)
+                    await self.stop()
+        for text in failed:
+            print(f"livecomments cluster: {text}", file=sys.stderr, flush=True)
+        print("livecomments cluster: stopped", flush=True)
+        return 1 if failed else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.cluster_command != "up":
+        raise ValueError(f"unknown cluster command {args.cluster_command!r}")
+    return int(trio.run(Cluster(args).run))
