@@ -343,6 +343,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
     from livecomments.redis.bus import RedisBus
     from livecomments.redis.hotstore import ClusterStore, HotStore
     from livecomments.redis.presence import Presence
+    from livecomments.redis.snapshots import SnapshotPublisher
     from livecomments.services import Services
     from rms.frontdoor import FrontDoor
     from rms.room import Rooms
@@ -385,6 +386,8 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
         )
         rooms.count_viewers = presence.count_viewers_hook(rooms)
         rooms.decide = presence.decide_hook()
+        snapshots = SnapshotPublisher(c.redis, c.keys, me, interval_s=settings.snapshot_interval_s)
+        rooms.snapshot_source = snapshots.fetch
         svc = Services(
             settings=settings,
             issuer=c.issuer,
@@ -402,6 +405,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
             await root.start(bus.run)
             await root.start(rooms.run)
             await root.start(presence.run, rooms)
+            await root.start(snapshots.run, rooms)
             await handoff.start(root)
             await root.start(front.serve, [c.lsock])
             print(f"livecomments rms: serving {settings.url()} (node {me})", flush=True)

@@ -400,6 +400,9 @@ class Rooms:
         # over every rms node (and decides modes once for all nodes, see ``decide``).
         self.count_viewers: Callable[[str], Awaitable[int]] = self._local_count
         self.decide: Callable[[Room, Mode], Awaitable[None]] = self._decide_locally
+        # Where snapshot.json comes from in cdn mode when not from this node's ring
+        # (a cluster serves the one its snapshot writer published).
+        self.snapshot_source: Callable[[Room], Awaitable[tuple[bytes, str] | None]] | None = None
 
     async def _local_count(self, video_id: str) -> int:
         return self.viewer_count(video_id)

@@ -114,6 +114,14 @@ class Keys:
         """String "mode:changed_ms": the video's fan-out mode, decided once for all nodes."""
         return f"{self._tag(video_id)}:mode:{video_id}"
 
+    def snapshot_lease(self, video_id: str) -> str:
+        """String: the rms node that writes the video's cdn snapshot."""
+        return f"{self._tag(video_id)}:snaplease:{video_id}"
+
+    def snapshot(self, video_id: str) -> str:
+        """String "etag\nbody": the video's cdn snapshot, as every node serves it."""
+        return f"{self._tag(video_id)}:snapshot:{video_id}"
+
     def stream(self, slot: int) -> str:
         """Stream of new comments and removals that ``persist`` drains to the cold store."""
         return f"{self.prefix}:{{{slot}}}:stream"
