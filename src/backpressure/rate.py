@@ -32,7 +32,7 @@ def parse_rate(text: str) -> tuple[int, float]:
     count = int(m.group(1))
     amount = float(m.group(2)) if m.group(2) else 1.0
     period = amount * _UNITS[m.group(3)]
-    if count < 1 or period <= 0:
+    if count < 1 or not 0 < period < math.inf:
         raise ValueError(f"rate must be positive, got {text!r}")
     return count, period
 

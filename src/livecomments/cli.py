@@ -37,7 +37,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _role(args: argparse.Namespace) -> int:
-    """``livecomments ingest | rms | persist``: one process of a cluster (livecomments.roles)."""
+    """``livecomments ingest | rms | persist | moderate``: one process of a cluster (livecomments.roles)."""
     from livecomments import roles
     from livecomments.node import configure_logging, raise_nofile_limit
 
@@ -47,7 +47,12 @@ def _role(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level)
     raise_nofile_limit()
-    run = {"ingest": roles.run_ingest, "rms": roles.run_rms, "persist": roles.run_persist}[args.command]
+    run = {
+        "ingest": roles.run_ingest,
+        "rms": roles.run_rms,
+        "persist": roles.run_persist,
+        "moderate": roles.run_moderate,
+    }[args.command]
     trio.run(run, settings)
     return 0
 
@@ -103,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
         ("ingest", "cluster mode: a stateless comment service (posting, moderation) on Redis"),
         ("rms", "cluster mode: a realtime node (SSE, WebSocket, long-poll, snapshots) on Redis"),
         ("persist", "cluster mode: drain the Redis hot store into the cold store"),
+        ("moderate", "cluster mode: automod workers draining the moderation streams"),
     ):
         rp = sub.add_parser(role, help=text)
         config.add_flags(rp)

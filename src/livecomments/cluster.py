@@ -204,7 +204,7 @@ class Cluster:
 
     def _node(self, role: str, n: int, **extra: str) -> Child:
         name = f"{role}-{n}"
-        port = free_port() if role != "persist" else 0
+        port = free_port() if role not in ("persist", "moderate") else 0
         cmd = [sys.executable, "-m", "livecomments", role, "--node-id", name]
         if port:
             cmd += ["--port", str(port)]
@@ -288,6 +288,7 @@ class Cluster:
             self.children.append(self._node("rms", n))
         if not self.args.no_persist:
             self.children.append(self._node("persist", 1))
+        self.children.append(self._node("moderate", 1))
         for child in self.children:
             child.start()
         async with trio.open_nursery() as nursery:
@@ -365,6 +366,7 @@ class Cluster:
         await self._stop_group([c for c in self.children if c.role == "rms"], signal.SIGTERM, grace + 10)
         await self._stop_group([c for c in self.children if c.role == "ingest"], signal.SIGTERM, 10)
         await self._stop_group([c for c in self.children if c.role == "persist"], signal.SIGTERM, grace + 10)
+        await self._stop_group([c for c in self.children if c.role == "moderate"], signal.SIGTERM, 10)
         if self.redis is not None:
             await self._stop_group([self.redis], signal.SIGTERM, 10)
 

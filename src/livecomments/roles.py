@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
@@ -250,20 +250,20 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
     from ingest.service import CommentService
     from livecomments.app import create_app
     from livecomments.handoff import AsgiHandoff
-    from livecomments.moderation.pipeline import Automod, InProcessQueue, ModerationMetrics
+    from livecomments.moderation.pipeline import ModerationMetrics
     from livecomments.redis.bus import RedisBus
     from livecomments.redis.hotstore import ClusterStore, HotStore
+    from livecomments.redis.moderation import RedisModerationQueue, RedisModerationStore
     from livecomments.redis.ratelimit import RedisRateLimiter
     from livecomments.services import Services
-    from livecomments.store.moderation import SqliteModerationStore
 
-    async with common(settings) as c, AsyncExitStack() as stack:
+    async with common(settings) as c:
         settings = c.settings
         mod_metrics = ModerationMetrics(c.metrics.registry)
-        automod = Automod.from_settings(settings, mod_metrics)
-        mod_store = await stack.enter_async_context(
-            SqliteModerationStore.open(os.path.join(settings.data_dir, "moderation.sqlite3"))
-        )
+        # Bans, slow mode and the log live in Redis, shared by every ingest process; each
+        # keeps a read cache that follows changes. Accepted comments go to the moderation
+        # streams, which `livecomments moderate` workers drain off the posting path.
+        mod_store = RedisModerationStore(c.redis, c.keys)
         hot = HotStore(
             c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms
         )
@@ -272,11 +272,10 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         limiter = RedisRateLimiter(c.redis, c.keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
-        mod_queue = InProcessQueue(settings.moderation_queue, mod_metrics)
+        mod_queue = RedisModerationQueue(c.redis, c.keys, mod_metrics, buffer=settings.moderation_queue)
         comments = CommentService(
             settings, store, bus, limiter, c.metrics, moderation=moderation, queue=mod_queue
         )
-        automod.remover = comments
         svc = Services(
             settings=settings,
             issuer=c.issuer,
@@ -290,7 +289,8 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         handoff = AsgiHandoff(asgi(create_app(svc, ingest=True, rms=False), settings))
         conns = Connections(handoff)
         async with trio.open_nursery() as root:
-            await root.start(automod.run, mod_queue, settings.moderation_workers)
+            await root.start(mod_queue.run)
+            root.start_soon(mod_store.watch, moderation.load)
             await handoff.start(root)
             root.start_soon(accept_into, c.lsock, conns, root)
             print(f"livecomments ingest: serving {settings.url()} (worker id {settings.worker_id})", flush=True)
@@ -454,3 +454,49 @@ async def run_persist(settings: Settings, *, until: Callable[[], Awaitable[None]
         f"livecomments persist: stopped (written {worker.stats.written}, removed {worker.stats.removed})",
         flush=True,
     )
+
+
+# -- moderate -------------------------------------------------------------------------------------
+
+
+async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
+    """Automod workers of a cluster: drain the moderation streams (a consumer group, so
+    several workers share them and a crashed worker's entries are claimed by another)
+    and remove what the rules or the classifier flag, as a delete would."""
+    from ingest.moderation import ModerationService
+    from ingest.service import CommentService
+    from livecomments.moderation.pipeline import Automod, ModerationMetrics
+    from livecomments.redis.bus import RedisBus
+    from livecomments.redis.hotstore import ClusterStore, HotStore
+    from livecomments.redis.moderation import RedisModerationSource, RedisModerationStore
+    from livecomments.redis.ratelimit import RedisRateLimiter
+
+    quiet_client_logs()
+    await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    keys = keys_for(settings)
+    me = node_id(settings, "moderate")
+    from livecomments.metrics import Metrics
+
+    metrics = Metrics()
+    async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_cold_store(
+        settings
+    ) as cold:
+        hot = HotStore(redis, keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms)
+        mod_store = RedisModerationStore(redis, keys)
+        moderation = ModerationService(mod_store, worker_id=settings.worker_id)
+        await moderation.load()
+        remover = CommentService(
+            settings, ClusterStore(hot, cold), RedisBus(redis, keys, publish_comments=False), RedisRateLimiter(redis, keys),
+            metrics, moderation=moderation,
+        )
+        automod = Automod.from_settings(settings, ModerationMetrics(metrics.registry))
+        automod.remover = remover
+        source = RedisModerationSource(redis, keys, automod, consumer=me)
+        async with trio.open_nursery() as root:
+            root.start_soon(mod_store.watch, moderation.load)
+            root.start_soon(automod.watch_rules)
+            await root.start(source.run)
+            print(f"livecomments moderate: draining the moderation streams (consumer {me})", flush=True)
+            await until()
+            root.cancel_scope.cancel()
+    print(f"livecomments moderate: stopped (handled {source.handled})", flush=True)

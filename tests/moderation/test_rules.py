@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backpressure.gcra import Gcra
+from backpressure.rate import Rate
 from backpressure.ratelimit import InMemoryRateLimiter
 from livecomments.model import Author, Comment
 from livecomments.moderation.classifier import load_classifier
@@ -194,7 +194,7 @@ def test_loading_a_classifier() -> None:
 
 def test_acquire_many_is_all_or_nothing() -> None:
     lim = InMemoryRateLimiter()
-    user, slow = Gcra(5, 10), Gcra(1, 30)
+    user, slow = Rate(5, 10), Rate(1, 30)
     d = lim.check_many([("user", user), ("slow", slow)], 0.0)
     assert d.allowed
     d = lim.check_many([("user", user), ("slow", slow)], 1.0)
@@ -215,19 +215,19 @@ def test_acquire_many_is_all_or_nothing() -> None:
 def test_acquire_many_matches_checking_each_rule_on_a_copy(steps: list[tuple[list[str], float]]) -> None:
     """allowed == every rule would allow; on refusal no key changes; retry_after is the
     longest wait among the refusing rules."""
-    rules = {"a": Gcra(2, 4), "b": Gcra(1, 3), "c": Gcra(3, 1)}
+    rules = {"a": Rate(2, 4), "b": Rate(1, 3), "c": Rate(3, 1)}
     lim = InMemoryRateLimiter()
     now = 0.0
     for keys, dt in steps:
         now += dt
         keys = list(dict.fromkeys(keys))
-        before = {k: lim._tats.get(k) for k in "abc"}
+        before = {k: lim._events.get(k) for k in "abc"}
         singles = [rules[k].check(before[k], now) for k in keys]
         d = lim.check_many([(k, rules[k]) for k in keys], now)
         assert d.allowed == all(ok for ok, _, _ in singles)
         if d.allowed:
             for k, (_, tat, _) in zip(keys, singles):
-                assert lim._tats[k] == tat
+                assert lim._events[k] == tat
         else:
-            assert {k: lim._tats.get(k) for k in "abc"} == before
+            assert {k: lim._events.get(k) for k in "abc"} == before
             assert d.retry_after == pytest.approx(max(r for ok, _, r in singles if not ok))
