@@ -132,15 +132,22 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
             await root.start(front.serve, [lsock])
             print(f"livecomments: serving {settings.url()}/watch/lobby", flush=True)
             await until()
-            log.info("draining: goaway to viewers, no new connections")
-            svc.draining = front.draining = True
-            front.stop_accepting()
-            rooms.goaway()
-            await handoff.terminate()
-            with trio.move_on_after(settings.shutdown_grace_s):
-                await rooms.wait_empty()
+            await drain(svc, front, handoff, settings.shutdown_grace_s)
             root.cancel_scope.cancel()
     print("livecomments: stopped", flush=True)
+
+
+async def drain(svc: Services, front: FrontDoor, handoff: AsgiHandoff, grace_s: float) -> None:
+    """Let a node's viewers go before it stops: no new connections, ``goaway`` to every
+    viewer, keep-alive connections closed after their request, then up to ``grace_s`` for
+    the viewers to leave."""
+    log.info("draining: goaway to viewers, no new connections")
+    svc.draining = front.draining = True
+    front.stop_accepting()
+    front.rooms.goaway()
+    await handoff.terminate()
+    with trio.move_on_after(grace_s):
+        await front.rooms.wait_empty()
 
 
 def configure_logging(level: str) -> None:

@@ -31,7 +31,7 @@ import trio
 
 from livecomments.config import Settings
 from livecomments.model import Comment
-from livecomments.node import listen, wait_for_signal
+from livecomments.node import drain, listen, wait_for_signal
 from livecomments.redis.client import REDIS_ERRORS, Keys, Redis, open_redis
 from livecomments.store.base import Store, StoreUnavailable
 
@@ -410,13 +410,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
             await root.start(front.serve, [c.lsock])
             print(f"livecomments rms: serving {settings.url()} (node {me})", flush=True)
             await until()
-            log.info("rms draining: goaway to viewers, no new connections")
-            svc.draining = front.draining = True
-            front.stop_accepting()
-            rooms.goaway()
-            await handoff.terminate()
-            with trio.move_on_after(settings.shutdown_grace_s):
-                await rooms.wait_empty()
+            await drain(svc, front, handoff, settings.shutdown_grace_s)
             with trio.move_on_after(1):
                 await presence.withdraw()
             root.cancel_scope.cancel()
