@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benches.report import print_table
 from benches.runner import RunOptions, run
-from benches.scenarios import PRESETS, parse_mix
+from benches.scenarios import PRESETS, VIRAL, parse_mix, parse_tiers
 from benches.targets import TargetUnavailable
 
 
@@ -32,10 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("load shape overrides")
     g.add_argument("--viewers", type=int, help="number of SSE viewers")
     g.add_argument("--rate", type=float, help="comments per second to post")
-    g.add_argument("--scale", type=float, help="multiply the preset's viewers (e.g. 0.01 for a tiny run)")
+    g.add_argument(
+        "--scale",
+        type=float,
+        help="multiply the preset's viewers (e.g. 0.01 for a tiny run; viral: and its thresholds)",
+    )
     g.add_argument("--mix", help='viewer behaviours as fractions, e.g. "stalled=0.2,slow=0.1,flapping=0.05"')
     g.add_argument("--backlog", type=int, help="backlog per new viewer (join-storm preloads this many)")
     g.add_argument("--join-window", type=float, help="join-storm: seconds within which everyone connects")
+    v = p.add_argument_group("viral (livecomments only; --viewers is the peak)")
+    v.add_argument("--ramp-from", type=int, help="viewers at the start and the end of the ramp (preset: 50)")
+    v.add_argument("--ramp-steps", type=int, help="equal steps from --ramp-from to the peak (preset: 10)")
+    v.add_argument("--ramp-hold", type=int, help="extra steps held at the peak (preset: 3)")
+    v.add_argument(
+        "--tiers",
+        help='server thresholds, e.g. "sampled_at=300,sampled_below=240,cdn_at=600,cdn_below=480,dwell_s=2,'
+        "sample_target=20\" (unnamed ones keep the preset's)",
+    )
+    v.add_argument("--snapshot-pollers", type=int, default=10, help="viewers polling snapshot.json in cdn mode")
     c = p.add_argument_group("client settings (keep them the same across targets)")
     c.add_argument("--poll-ms", type=float, default=5.0, help="viewer sleep between polls, ms (default 5)")
     c.add_argument("--payload-bytes", type=int, default=250, help="size of a comment object (default 250)")
@@ -70,6 +84,17 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> RunOptions:
     if viewers is None and args.scale is not None:
         viewers = max(1, round(preset.viewers * args.scale))
     mix = parse_mix(args.mix) if args.mix is not None else None
+    ramp_from, tiers = args.ramp_from, None
+    if preset.kind == VIRAL:
+        tiers = dict(preset.tiers)
+        if args.scale is not None:
+            if ramp_from is None:
+                ramp_from = max(1, round(preset.ramp_from * args.scale))
+            for key in ("sampled_at", "sampled_below", "cdn_at", "cdn_below"):
+                tiers[key] = max(1, round(tiers[key] * args.scale))
+        tiers = parse_tiers(args.tiers or "", tiers)
+    elif args.ramp_from is not None or args.tiers is not None:
+        raise ValueError("--ramp-from and --tiers apply to the viral scenario only")
     sc = preset.with_overrides(
         viewers=viewers,
         comments_per_s=args.rate,
@@ -78,8 +103,14 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> RunOptions:
         backlog=args.backlog,
         join_window_s=args.join_window,
         publishers=args.publishers,
+        ramp_from=ramp_from,
+        ramp_steps=args.ramp_steps,
+        ramp_hold=args.ramp_hold,
+        tiers=tiers,
     )
     sc.class_counts()  # validates the mix
+    if sc.kind == VIRAL and not 0 <= sc.ramp_from <= sc.viewers:
+        raise ValueError(f"--ramp-from must be between 0 and the peak ({sc.viewers})")
     out = args.out or Path("bench-out") / f"{sc.name}-{args.target}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = {}
     for item in args.server_env:
@@ -107,6 +138,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> RunOptions:
         server_env=env,
         nchan_buffer=args.nchan_buffer,
         max_loadgen_util=args.max_loadgen_util,
+        snapshot_pollers=max(0, args.snapshot_pollers),
         plots=not args.no_plots,
         progress=not args.quiet,
         keep_workdir=args.keep_workdir,
@@ -117,6 +149,13 @@ def main(argv: list[str]) -> int:
     """Run one benchmark; 0 on a valid run, 1 when the load generator was the bottleneck, 2 on failure."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if PRESETS[args.scenario].kind == VIRAL and args.target != "livecomments":
+        print(
+            f"livecomments bench: the {args.scenario} scenario runs against livecomments only: it drives the "
+            f"server's fan-out tiers (push, sampled, cdn), which {args.target} does not have",
+            file=sys.stderr,
+        )
+        return 2
     try:
         opts = options_from_args(args, argv)
     except ValueError as e:

@@ -11,7 +11,8 @@ the wake-up (see ``docs/performance.md``).
 
 Each worker runs in its own process (pinned to the load generator's CPU) and is driven by
 the orchestrator over a ``multiprocessing`` pipe with small tuples: ``("measure", bool)``,
-``("snap",)``, ``("storm",)``, ``("stop", expected)``.
+``("snap",)``, ``("storm",)``, ``("stop", expected)``, and ``("active", n)`` (the
+``viral`` ramp: keep the first ``n`` viewers connected, drop the rest).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ M_COMMENT = b"event: comment\n"
 M_EVENT = b"event: "
 M_CREATED = b'"created_at":'
 M_ID = b"\nid: "
+M_MODE = b'"mode":"'
+MODES = ("push", "sampled", "cdn")  # livecomments' fan-out tiers, announced with `event: mode`
 SEAM = len(M_COMMENT) - 1
 HIST_MS = 120_000  # latency histogram: 1 ms bins up to 2 minutes (created_at is whole ms)
 READ_SIZE = 256 * 1024
@@ -96,8 +99,10 @@ class Viewer:
         "last_id",
         "live_from_ms",
         "mode",
+        "parked",
         "reconnects",
         "seam",
+        "seen_mode",
         "sock",
         "state",
         "storm_conn_at",
@@ -130,6 +135,8 @@ class Viewer:
         self.storm_live_at = 0.0
         self.budget = 0.0
         self.reconnects = 0
+        self.parked = False  # dropped by the viral ramp: no reconnects until asked again
+        self.seen_mode = 0  # index in MODES of the last mode the server announced
 
 
 class ClassStats:
@@ -201,6 +208,8 @@ class ViewerWorker:
         self.connecting = False
         self.next_connect = 0
         self.connect_t0 = 0.0
+        self.connect_base = 0  # next_connect when the current round of connections began
+        self.limit = len(self.viewers)  # viewers that should be connected (the viral ramp)
         self.connected = 0
         self.storm_t0 = 0.0
         self.storm_ms = 0.0
@@ -300,6 +309,7 @@ class ViewerWorker:
         v.state = STREAM
         v.seam = False
         v.id_partial = None
+        v.seen_mode = 0  # the opening carries a `mode` event unless the video is in push
         self.pending.discard(v)
         if not v.connected_once:
             v.connected_once = True
@@ -353,7 +363,7 @@ class ViewerWorker:
             if self.stopping:
                 continue
             if kind == 0:
-                if v.state in (PAUSED, IDLE):
+                if v.state in (PAUSED, IDLE) and not v.parked:
                     v.reconnects += 1
                     self.stats[v.cls].reconnects += 1
                     self._start_connect(v, now)
@@ -363,18 +373,37 @@ class ViewerWorker:
 
     def _connect_more(self, now: float) -> None:
         """Open the initial connections, at ``connect_rate`` per second if set."""
-        total = len(self.viewers)
+        total = min(len(self.viewers), self.limit)
         if not self.connecting or self.next_connect >= total:
             return
         if not self.connect_t0:
             self.connect_t0 = now
         if self.cfg.connect_rate > 0:
-            target = min(total, int((now - self.connect_t0) * self.cfg.connect_rate) + 1)
+            target = min(total, self.connect_base + int((now - self.connect_t0) * self.cfg.connect_rate) + 1)
         else:
             target = total
         while self.next_connect < target:
-            self._start_connect(self.viewers[self.next_connect], now)
+            v = self.viewers[self.next_connect]
+            v.parked = False
+            if v.state in (IDLE, PAUSED):
+                self._start_connect(v, now)
             self.next_connect += 1
+
+    def _set_active(self, n: int, now: float) -> None:
+        """Keep the first ``n`` viewers connected: drop the others (newest first), or
+        connect more at ``connect_rate``."""
+        n = max(0, min(n, len(self.viewers)))
+        self.limit = n
+        for v in self.viewers[n : self.next_connect]:
+            v.parked = True
+            if v.sock is not None:
+                self._close(v)
+            v.state = IDLE
+        if n < self.next_connect:
+            self.next_connect = n
+        self.connecting = True
+        self.connect_t0 = now
+        self.connect_base = self.next_connect
 
     def _sweep_timeouts(self, now: float) -> None:
         limit = now - self.cfg.connect_timeout_s
@@ -442,7 +471,7 @@ class ViewerWorker:
             if bt and not v.backlog_at and v.frames >= bt:
                 v.backlog_at = time.monotonic()
         if data.count(M_EVENT, 0, n) != c:
-            self._control_events(st, data, n)
+            self._control_events(v, st, data, n)
 
     def _track_id(self, v: Viewer, data: Any, n: int, joined: bytes) -> None:
         """Keep the id of the newest comment read, even when a read splits its ``id:`` line."""
@@ -477,7 +506,7 @@ class ViewerWorker:
             else:
                 v.id_partial = bytes(data[i + 5 : n])
 
-    def _control_events(self, st: ClassStats, data: Any, n: int) -> None:
+    def _control_events(self, v: Viewer, st: ClassStats, data: Any, n: int) -> None:
         """Rare events (gap, reset, goaway, mode, remove): parse them one by one."""
         pos = data.find(M_EVENT, 0, n)
         while pos >= 0:
@@ -498,6 +527,13 @@ class ViewerWorker:
                             q += 1
                         if digits:
                             st.missed += int(digits)
+                elif name == "mode":
+                    m = data.find(M_MODE, eol, n)
+                    if m >= 0:
+                        q = data.find(b'"', m + len(M_MODE), n)
+                        mode = bytes(data[m + len(M_MODE) : q]).decode(errors="replace") if q > 0 else ""
+                        if mode in MODES:
+                            v.seen_mode = MODES.index(mode)
             pos = data.find(M_EVENT, eol, n)
 
     def _read(self, v: Viewer, now: float, limit: int = READ_SIZE) -> None:
@@ -553,6 +589,11 @@ class ViewerWorker:
             "frames_by_class": {s.name: s.frames for s in self.stats},
             "errors": sum(self.errors.values()),
         }
+        told = [0] * len(MODES)
+        for v in self.viewers:
+            if v.state == STREAM:
+                told[v.seen_mode] += 1
+        out["viewers_by_mode"] = dict(zip(MODES, told))  # the mode each was last told
         bt = self.cfg.backlog_target
         if bt:
             out["with_backlog"] = sum(1 for v in self.viewers if v.backlog_at)
@@ -616,6 +657,8 @@ class ViewerWorker:
             elif cmd == "connect":
                 self.connecting = True
                 self.connect_t0 = now
+            elif cmd == "active":
+                self._set_active(int(msg[1]), now)
             elif cmd == "snap":
                 self.ctl.send(self.snapshot())
             elif cmd == "storm":

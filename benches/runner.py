@@ -6,7 +6,10 @@ Timeline of a steady run: start the server (pinned to the server CPU) and wait f
 sample latency only inside it); close the window; stop posting; let the healthy viewers
 drain and check each got every comment exactly once; stop everything. A join storm
 opens the window first and then connects everyone within ``join_window_s``; a reconnect
-storm makes every viewer drop and resume halfway through the window.
+storm makes every viewer drop and resume halfway through the window. A viral run starts
+the server with scaled-down tier thresholds, connects the ramp's first viewers, and in
+the window steps the number of connected viewers up and back down, recording each second
+the viewers, the server's mode (``/stats``) and the deliveries (``timeline``).
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benches import report
+from benches import report, viral
 from benches.loadgen import READ_SIZE, PublisherConfig, ViewerConfig, publisher_main, viewer_main
 from benches.procstat import ProcSample, busy_pct, cpu_busy_times, pin, raise_nofile, sample
-from benches.scenarios import JOIN_STORM, RECONNECT_STORM, VIEWER_CLASSES, Scenario
+from benches.scenarios import JOIN_STORM, RECONNECT_STORM, TIER_ENV, VIEWER_CLASSES, VIRAL, Scenario
 from benches.targets import HOST, LivecommentsTarget, NchanTarget, Target, comment_text
 
 FD_RESERVE = 200  # open files a server needs besides its viewers' sockets
@@ -60,6 +63,7 @@ class RunOptions:
     nchan_buffer: int = 1_000
     max_loadgen_util: float = 0.85
     drain_s: float = 5.0
+    snapshot_pollers: int = 10  # viral: simulated viewers polling snapshot.json in cdn mode
     plots: bool = True
     progress: bool = True
     keep_workdir: bool = False
@@ -145,6 +149,8 @@ class Run:
         self.progress = Progress(opts.progress, f"{self.sc.name} -> {opts.target}")
         self.target: Target | None = None
         self.srv_pids: list[int] = []
+        self.timeline: list[dict[str, Any]] = []
+        self.tiers: dict[str, float] = {}
 
     # -- measurement helpers ------------------------------------------------------------
 
@@ -173,12 +179,15 @@ class Run:
             w.send(("snap",))
         total: Counter[str] = Counter()
         by_class: Counter[str] = Counter()
+        by_mode: Counter[str] = Counter()
         for w in self.viewers:
             s = w.recv(60.0)
             by_class.update(s.pop("frames_by_class"))
+            by_mode.update(s.pop("viewers_by_mode", {}))
             total.update({k: v for k, v in s.items() if isinstance(v, int)})
         out: dict[str, Any] = dict(total)
         out["frames_by_class"] = dict(by_class)
+        out["viewers_by_mode"] = dict(by_mode)
         return out
 
     def snap_publisher(self) -> dict[str, Any]:
@@ -266,6 +275,109 @@ class Run:
             "storm_t": storm_t, "cpu_busy": cpu_busy,
         }  # fmt: skip
 
+    def set_active(self, n: int) -> None:
+        """viral: keep ``n`` viewers connected in all, spread over the viewer processes."""
+        for w, k in zip(self.viewers, _split(n, len(self.viewers))):
+            w.send(("active", k))
+
+    def viral_window(self) -> dict[str, Any]:
+        """Step the viewers through the ramp; one ``timeline`` row per second."""
+        assert self.target is not None and self.publisher is not None
+        sc, port, video = self.sc, self.target.port, self.target.stream
+        schedule = sc.ramp()
+        pollers = viral.SnapshotPollers(port, video, self.opts.snapshot_pollers)
+        self.tell_all(("measure", True))
+        cpus0 = cpu_busy_times()
+        srv0, lg0 = self.take_sample("start")
+        t0 = time.monotonic()
+        step = 0
+        wanted = schedule[0][1]
+        prev_t, prev_cpu = t0, srv0.cpu_s
+        prev_frames = self.snap_viewers().get("frames", 0)
+        prev_ok = self.snap_publisher().get("ok", 0)
+        prev_viewers = sc.ramp_from
+        next_tick = t0 + 1.0
+        try:
+            while True:
+                now = time.monotonic()
+                while step < len(schedule) and now - t0 >= schedule[step][0]:
+                    wanted = schedule[step][1]
+                    self.set_active(wanted)
+                    step += 1
+                if now < next_tick:
+                    due = next_tick if step >= len(schedule) else min(next_tick, t0 + schedule[step][0])
+                    time.sleep(max(0.0, due - now))
+                    continue
+                while next_tick <= now:
+                    next_tick += 1.0
+                srv, _ = self.take_sample()
+                s = self.snap_viewers()
+                pub = self.snap_publisher()
+                stats = viral.fetch_stats(port, video)
+                now = time.monotonic()
+                dt = max(now - prev_t, 1e-6)
+                frames, ok, streaming = s.get("frames", 0), pub.get("ok", 0), s.get("streaming", 0)
+                dps = (frames - prev_frames) / dt
+                # Steps are applied just before a row is taken, so the second before it had the
+                # old count and the next one the new: the larger of the two covers both ways.
+                viewers_then = max(streaming, prev_viewers)
+                mode = stats.get("mode") if stats else None
+                row: dict[str, Any] = {
+                    "t": round(now - t0, 2),
+                    "viewers_wanted": wanted,
+                    "viewers": streaming,
+                    "server_viewers": stats.get("viewers") if stats else None,
+                    "mode": mode,
+                    "viewers_told": s.get("viewers_by_mode", {}),
+                    "comments_per_s": round((ok - prev_ok) / dt, 1),
+                    "server_comments_per_s": stats.get("comments_per_s") if stats else None,
+                    "deliveries_per_s": round(dps, 1),
+                    "deliveries_per_viewer_per_s": round(dps / viewers_then, 2) if viewers_then else None,
+                    "server_cpu_pct": round(100 * (srv.cpu_s - prev_cpu) / dt, 1),
+                }
+                if mode == "cdn" and pollers.count:
+                    polled = pollers.poll()
+                    counted = polled.get("counted", 0)
+                    row["snapshot"] = {
+                        "polls": polled.get("polls", 0),
+                        "not_modified": polled.get("not_modified", 0),
+                        "errors": polled.get("errors", 0),
+                        "missed": polled.get("missed", 0),
+                        "comments_per_poller_per_s": round(polled.get("new_comments", 0) / counted / dt, 1)
+                        if counted
+                        else None,
+                    }
+                else:
+                    pollers.pause()
+                self.timeline.append(row)
+                prev_t, prev_cpu, prev_frames, prev_ok, prev_viewers = now, srv.cpu_s, frames, ok, streaming
+                el = now - t0
+                self.progress.show(
+                    f"viral {_bar(el / sc.duration_s)} {el:4.1f}/{sc.duration_s:.0f} s | viewers {streaming:,}"
+                    f" (want {wanted:,}) | mode {mode or '?'} | {dps:,.0f} deliveries/s"
+                    f" | posts {row['comments_per_s']:.0f}/s | server CPU {row['server_cpu_pct']:.0f}%"
+                    f" | errors {s.get('errors', 0)}"
+                )
+                if el >= sc.duration_s:
+                    break
+        finally:
+            pollers.close()
+        self.tell_all(("measure", False))
+        srv1, lg1 = self.take_sample("end")
+        t1 = time.monotonic()
+        cpu_busy = busy_pct(cpus0, cpu_busy_times())
+        self.progress.show("ramp done", force=True)
+        if pollers.totals:
+            self.notes.append(
+                f"snapshot pollers ({pollers.count}) in cdn mode: {pollers.totals.get('polls', 0)} polls, "
+                f"{pollers.totals.get('not_modified', 0)} not modified, {pollers.totals.get('errors', 0)} errors, "
+                f"{pollers.totals.get('missed', 0)} comments missed between two polls"
+            )
+        return {
+            "t0": t0, "t1": t1, "srv0": srv0, "srv1": srv1, "lg0": lg0, "lg1": lg1,
+            "storm_t": None, "cpu_busy": cpu_busy,
+        }  # fmt: skip
+
     def drain(self, expected: int, readers: int) -> None:
         """Wait (bounded) until the reading viewers have every comment posted, or stop progressing."""
         if expected <= 0 or readers <= 0:
@@ -288,6 +400,8 @@ class Run:
 
     def execute(self) -> dict[str, Any]:
         opts, sc = self.opts, self.sc
+        if sc.kind == VIRAL and opts.target != "livecomments":
+            raise ValueError(f"the {sc.name} scenario needs livecomments' fan-out tiers; {opts.target} has none")
         opts.out_dir.mkdir(parents=True, exist_ok=True)
         nofile_before, nofile_soft, nofile_hard = raise_nofile()
         orig_affinity = os.sched_getaffinity(0)
@@ -320,7 +434,11 @@ class Run:
                     viewers=sc.viewers,
                 )
             else:
-                self.target = LivecommentsTarget(workdir, server_cpu, opts.server_cmd, opts.server_env)
+                env = dict(opts.server_env)
+                if sc.kind == VIRAL:
+                    env = {**sc.tier_env(), **env}  # --server-env still wins
+                    self.tiers = {k: float(env[name]) for k, name in TIER_ENV.items() if name in env}
+                self.target = LivecommentsTarget(workdir, server_cpu, opts.server_cmd, env)
             target = self.target
             self.progress.show(f"starting {target.name}", force=True)
             target.start()
@@ -375,6 +493,16 @@ class Run:
             if join:
                 self.publisher.send(("start",))
                 win = self.window(sc.duration_s, None, until_backlog=sc.viewers)
+            elif sc.kind == VIRAL:
+                self.set_active(sc.ramp_from)
+                self.wait_connected(sc.ramp_from)
+                self.publisher.send(("start",))
+                warm_end = time.monotonic() + opts.warmup_s
+                while time.monotonic() < warm_end:
+                    self.take_sample()
+                    self.progress.show(f"warming up {warm_end - time.monotonic():.1f} s")
+                    time.sleep(0.25)
+                win = self.viral_window()
             else:
                 for w in self.viewers:
                     w.send(("connect",))
@@ -391,7 +519,8 @@ class Run:
             problem = target.problem()
             self.publisher.send(("stop",))
             pub = self.publisher.recv(30.0)
-            expected = -1 if join else pub["ok"] + preloaded
+            # viral: sampled and cdn modes leave comments out by design, so no delivery check.
+            expected = -1 if join or sc.kind == VIRAL else pub["ok"] + preloaded
             readers = counts.get("healthy", 0) + counts.get("flapping", 0)
             self.drain(expected, readers)
             for w in self.viewers:
@@ -408,6 +537,8 @@ class Run:
             result["machine"] = self.machine(win, result, server_cpu, loadgen_cpu)
             result["server"] = target.describe()
             result["server"]["log"] = target.log_tail(10)
+            if sc.kind == VIRAL:
+                self.add_viral(result)
             return result
         finally:
             for w in self.viewers:
@@ -603,6 +734,27 @@ class Run:
                 opts.out_dir, f"{sc.name} / {self.target.name}", hists, series, self.samples
             )
         return result
+
+    def add_viral(self, result: dict[str, Any]) -> None:
+        """The ramp, the tiers, the per-second timeline, its summary and ``viral.png``."""
+        sc = self.sc
+        result["ramp"] = {
+            "from": sc.ramp_from,
+            "peak": sc.viewers,
+            "steps": sc.ramp_steps,
+            "hold_steps": sc.ramp_hold,
+            "schedule": [{"t": t, "viewers": n} for t, n in sc.ramp()],
+        }
+        result["tiers"] = viral.summarize(self.timeline, self.tiers)
+        # The viewers change through the window: RSS per viewer at its end means nothing.
+        result["server_rss_kb_per_viewer"] = None
+        result["timeline"] = self.timeline
+        if self.opts.plots:
+            assert self.target is not None
+            title = f"{sc.name} / {self.target.name}"
+            name = viral.write_plot(self.opts.out_dir, title, self.timeline, self.tiers, sc.ramp())
+            if name:
+                result.setdefault("plots", []).append(name)
 
     def machine(
         self, win: dict[str, Any], result: dict[str, Any], server_cpu: int | None, loadgen_cpu: int | None

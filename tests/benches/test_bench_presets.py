@@ -62,7 +62,7 @@ def check_common(r: dict[str, Any], scenario: str, target: str) -> None:
     assert 200 < r["bytes_per_frame"] < 600
 
 
-@pytest.mark.parametrize("scenario", sorted(PRESETS))
+@pytest.mark.parametrize("scenario", sorted(s for s in PRESETS if s != "viral"))  # viral: test_bench_viral
 def test_preset_tiny_livecomments(scenario: str, tmp_path: Path) -> None:
     extra = ["--join-window", "0.5", "--duration", "20"] if scenario == "join-storm" else []
     plots = [] if scenario == "popular" else ["--no-plots"]
