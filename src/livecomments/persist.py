@@ -16,6 +16,13 @@ accepted it. So:
 
 A removal is applied only after every comment before it in the batch was written, so a
 removed comment can never be written back after its tombstone.
+
+The worker is the process that writes to Scylla, so its store decides whether a video's
+writes spread over shards (``ScyllaStore``'s sharding switch). The store counts comment
+velocity itself; the other input, a video's viewers over every rms node, comes from the
+presence hashes in Redis through a ``ViewerFeed``: a video's total is read before its
+first write (so a video that arrives with a huge audience is sharded from its first
+comment) and then every ``interval_s`` while the worker keeps writing to it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -64,6 +72,104 @@ def parse(entry_id: Any, fields: Any) -> Entry:
     return Entry(eid, "?")
 
 
+class ViewerFeed:
+    """Feeds a cold store's sharding switch with the viewers of the videos it writes.
+
+    ``read_total(video_id)`` reads a video's viewers over every node (``Presence.total``);
+    ``note(video_id, viewers)`` hands it to the store (``ScyllaStore.note_viewers``).
+    Bounded: only videos written in the last ``recent_s`` are followed, at most
+    ``max_videos`` of them (the least recently written are dropped first), with at most
+    ``concurrency`` Redis reads in flight. A failed read is skipped (the store treats a
+    viewer count older than its ``viewers_stale_s`` as 0); it never holds up writing.
+    ``note`` may raise ``StoreUnavailable`` (a store not connected yet): the video is then
+    primed again before its next batch.
+    """
+
+    def __init__(
+        self,
+        read_total: Callable[[str], Awaitable[int]],
+        note: Callable[[str, int], object],
+        *,
+        interval_s: float = 1.0,
+        recent_s: float = 60.0,
+        max_videos: int = 10_000,
+        concurrency: int = 16,
+        prime_timeout_s: float = 0.5,
+    ) -> None:
+        if interval_s <= 0 or recent_s <= 0 or max_videos < 1 or concurrency < 1:
+            raise ValueError("interval_s, recent_s, max_videos and concurrency must be positive")
+        self.read_total = read_total
+        self.note = note
+        self.interval_s = interval_s
+        self.recent_s = recent_s
+        self.max_videos = max_videos
+        self.prime_timeout_s = prime_timeout_s
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._videos: OrderedDict[str, float] = OrderedDict()  # video -> last write, oldest first
+        self.reads = 0
+        self.failures = 0
+
+    @property
+    def followed(self) -> list[str]:
+        return list(self._videos)
+
+    async def wrote(self, video_ids: Iterable[str]) -> None:
+        """Called before a batch is written: follow these videos; read the viewers of the
+        ones not followed yet (bounded by ``prime_timeout_s``) before their first write."""
+        now = trio.current_time()
+        new: list[str] = []
+        for v in dict.fromkeys(video_ids):
+            if self._videos.pop(v, None) is None:
+                new.append(v)
+            self._videos[v] = now
+        while len(self._videos) > self.max_videos:
+            self._videos.popitem(last=False)
+        if new:
+            with trio.move_on_after(self.prime_timeout_s):
+                await self._feed(new)
+
+    async def tick(self) -> None:
+        """Forget videos not written for ``recent_s``; feed the others' current totals."""
+        now = trio.current_time()
+        while self._videos:
+            video, last = next(iter(self._videos.items()))
+            if now - last < self.recent_s:
+                break
+            del self._videos[video]
+        await self._feed(list(self._videos))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval_s)
+            with trio.move_on_after(self.interval_s * 5):
+                await self.tick()
+
+    async def _feed(self, video_ids: Sequence[str]) -> None:
+        async def one(video_id: str) -> None:
+            async with self._limiter:
+                try:
+                    viewers = await self.read_total(video_id)
+                except REDIS_ERRORS as e:
+                    self.failures += 1
+                    log.debug("persist: viewers of %s not read (%s)", video_id, e)
+                    return
+            self.reads += 1
+            try:
+                self.note(video_id, int(viewers))
+            except StoreUnavailable:
+                # The store cannot take it yet (not connected): forget the video, so that
+                # its next batch reads the viewers again before writing.
+                self._videos.pop(video_id, None)
+
+        if len(video_ids) == 1:
+            await one(video_ids[0])
+            return
+        async with trio.open_nursery() as nursery:
+            for v in video_ids:
+                nursery.start_soon(one, v)
+
+
 @attrs.define
 class Stats:
     written: int = 0
@@ -85,6 +191,7 @@ class PersistWorker:
         block_ms: int = 1000,
         claim_idle_s: float = 30.0,
         max_backoff_s: float = 5.0,
+        viewers: ViewerFeed | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -94,6 +201,7 @@ class PersistWorker:
         self.block_ms = block_ms
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.max_backoff_s = max_backoff_s
+        self.viewers = viewers
         self.stats = Stats()
         self.idle = trio.Event()  # set whenever a pass found nothing to do (tests wait on it)
         self.stopping = False
@@ -104,12 +212,16 @@ class PersistWorker:
         self.stopping = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """One task per stream, until cancelled."""
+        """One task per stream (and the viewer feed), until cancelled or stopped."""
         try:
-            async with trio.open_nursery() as nursery:
-                for stream in self.keys.streams():
-                    nursery.start_soon(self.drain_forever, stream)
-                task_status.started()
+            async with trio.open_nursery() as outer:
+                if self.viewers is not None:
+                    await outer.start(self.viewers.run)
+                async with trio.open_nursery() as nursery:
+                    for stream in self.keys.streams():
+                        nursery.start_soon(self.drain_forever, stream)
+                    task_status.started()
+                outer.cancel_scope.cancel()  # stopped: the feed has nothing left to feed
         finally:
             self.stopped.set()
 
@@ -181,6 +293,8 @@ class PersistWorker:
         ok: set[str] = {e.entry_id for e in entries if e.kind == "?"}
         self.stats.skipped += len(ok)
         failed: list[BaseException] = []
+        if self.viewers is not None and comments:
+            await self.viewers.wrote(e.comment.video_id for e in comments if e.comment is not None)
 
         async def one(e: Entry) -> None:
             assert e.comment is not None

@@ -110,16 +110,29 @@ async def open_cold_store(settings: Settings) -> AsyncIterator[Store]:
         async with SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as sqlite:
             yield sqlite
         return
-    from livecomments.store.scylla import ScyllaStore
+    from livecomments.store.scylla import ScyllaStore, ShardingThresholds
 
     hosts = [h.strip() for h in settings.scylla_hosts.split(",") if h.strip()]
     lazy = LazyStore("CQL")
+    # As the all-in-one server's store (node.open_store): the bucket size decides where an
+    # id lives, so every process must use the configured one; the thresholds drive the
+    # sharding switch of the process that writes (persist).
+    hot_v, hot_n = settings.shard_hot_comments_per_s, settings.shard_hot_viewers
+    thresholds = ShardingThresholds(
+        hot_velocity=hot_v, cool_velocity=hot_v / 2, hot_viewers=hot_n, cool_viewers=int(hot_n * 0.8)
+    )
 
     async def connect() -> None:
         delay = 0.5
         while True:
             store = ScyllaStore(
-                hosts, settings.scylla_keyspace, ttl_s=settings.comment_ttl_s, consistency=settings.scylla_consistency
+                hosts,
+                settings.scylla_keyspace,
+                ttl_s=settings.comment_ttl_s,
+                consistency=settings.scylla_consistency,
+                bucket_s=settings.scylla_bucket_s,
+                shards=settings.scylla_shards,
+                thresholds=thresholds,
             )
             try:
                 await store.connect()
@@ -421,7 +434,8 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
 
 
 async def run_persist(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
-    from livecomments.persist import PersistWorker
+    from livecomments.persist import PersistWorker, ViewerFeed
+    from livecomments.redis.presence import Presence
 
     quiet_client_logs()
     await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -430,7 +444,22 @@ async def run_persist(settings: Settings, *, until: Callable[[], Awaitable[None]
     async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_cold_store(
         settings
     ) as cold:
-        worker = PersistWorker(redis, keys, cold, consumer=me, batch=settings.persist_batch)
+        viewers: ViewerFeed | None = None
+        if settings.store == "scylla":
+            # This process writes to Scylla, so its store makes the sharding decision: feed
+            # it every written video's viewers over all rms nodes (the presence hashes).
+            presence = Presence(redis, keys, me, ttl_s=settings.presence_ttl_s)
+
+            def note_viewers(video_id: str, count: int) -> None:
+                inner = cold.inner if isinstance(cold, LazyStore) else cold
+                if inner is None:  # not connected yet: the feed primes the video again
+                    raise StoreUnavailable("the CQL store is not connected yet")
+                note = getattr(inner, "note_viewers", None)
+                if note is not None:
+                    note(video_id, count)
+
+            viewers = ViewerFeed(presence.total, note_viewers, interval_s=settings.presence_interval_s)
+        worker = PersistWorker(redis, keys, cold, consumer=me, batch=settings.persist_batch, viewers=viewers)
         async with trio.open_nursery() as root:
             root.start_soon(worker.run)
             target = settings.scylla_hosts if settings.store == "scylla" else os.path.join(settings.data_dir, "comments.sqlite3")

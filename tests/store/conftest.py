@@ -1,82 +1,36 @@
 """Store fixtures: every contract test runs on SQLite and on a real CQL server.
 
 The CQL server is Apache Cassandra 5.0 (tests/services/cassandra.py), started once per
-session and only when a CQL test is collected; each session gets its own keyspace and each
-test its own video ids. ``LIVECOMMENTS_TEST_SCYLLA_HOSTS=host:port,...`` points the same
-tests at an existing cluster (ScyllaDB, say) instead; the outage test then skips, since it
-kills the server.
+session (the ``cql`` fixture in tests/conftest.py, shared with the cluster suite) and only
+when a CQL test runs; each session gets its own keyspace and each test its own video ids.
+``LIVECOMMENTS_TEST_SCYLLA_HOSTS=host:port,...`` points the same tests at an existing
+cluster (ScyllaDB, say) instead; the outage test then skips, since it kills the server.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-import trio
 
 from livecomments.ids import SnowflakeGenerator
 from livecomments.model import Author, Comment
 from livecomments.store.base import Store
-from livecomments.store.scylla import ScyllaStore, migrate
+from livecomments.store.scylla import ScyllaStore
 from livecomments.store.sqlite import SqliteStore
-from tests.services.cassandra import CassandraServer
+from tests.conftest import HOSTS_ENV, CqlTarget, drop_keyspace
 
-HOSTS_ENV = "LIVECOMMENTS_TEST_SCYLLA_HOSTS"
+# Re-exported: the store tests import these from here.
+__all__ = ["HOSTS_ENV", "TEST_BUCKET_S", "Backend", "Comments", "CqlTarget", "drop_keyspace"]
+
 # The contract suite's CQL store uses one-minute buckets so that ordinary tests (whose ids
 # are spread over simulated minutes, see ``Comments``) also walk partitions across buckets.
 TEST_BUCKET_S = 60
-
-
-@attrs.frozen
-class CqlTarget:
-    hosts: list[str]
-    keyspace: str
-    server: CassandraServer | None  # None: an external cluster we must not kill
-
-
-@pytest.fixture(scope="session")
-def cql_server() -> Iterator[CassandraServer | None]:
-    if os.environ.get(HOSTS_ENV):
-        yield None
-        return
-    server = CassandraServer()
-    server.start()
-    print(f"\nCassandra on {server.host}:{server.port} started in {server.started_in_s:.1f} s")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def cql(cql_server: CassandraServer | None) -> Iterator[CqlTarget]:
-    """Hosts and a migrated keyspace of this session's own (dropped at the end)."""
-    hosts = cql_server.hosts if cql_server is not None else os.environ[HOSTS_ENV].split(",")
-    keyspace = f"lc_test_{secrets.token_hex(4)}"
-    trio.run(migrate, hosts, keyspace, 3600)
-    yield CqlTarget(hosts=hosts, keyspace=keyspace, server=cql_server)
-    if cql_server is None or cql_server.running():
-        trio.run(drop_keyspace, hosts, keyspace)
-
-
-async def drop_keyspace(hosts: list[str], keyspace: str) -> None:
-    from livecomments.store.scylla import _make_cluster, consistency_level, parse_hosts
-
-    def run() -> None:
-        cluster = _make_cluster(parse_hosts(hosts), consistency=consistency_level("ONE"), request_timeout_s=60)
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
-        finally:
-            cluster.shutdown()
-
-    await trio.to_thread.run_sync(run)
 
 
 @attrs.frozen
