@@ -6,9 +6,10 @@ import trio
 from quart import Blueprint, Response, request
 
 from backpressure.rate import Rate
+from ingest.posting import post_from_request
 from livecomments.auth import new_guest_id
-from livecomments.errors import NotFound, RateLimited, Unprocessable
-from livecomments.web import bearer, json_body, json_response, services
+from livecomments.errors import NotFound, PayloadTooLarge, RateLimited, Unprocessable
+from livecomments.web import bearer, body_bytes, json_body, json_response, services
 from rms.params import check_video, parse_id
 
 bp = Blueprint("ingest", __name__)
@@ -37,13 +38,17 @@ async def guest() -> Response:
 
 @bp.post("/v1/videos/<video_id>/comments")
 async def post_comment(video_id: str) -> Response:
-    check_video(video_id)
-    who = bearer()
-    body = await json_body()
     svc = services()
     assert svc.comments is not None
-    with svc.metrics.post_seconds.time():
-        comment = await svc.comments.post(video_id, who, body.get("text"), body.get("client_id"))
+    limit = svc.settings.max_body
+    check_video(video_id)
+    svc.issuer.from_header(request.headers.get("Authorization"))  # 401 before reading the body
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    comment = await post_from_request(
+        svc.comments, svc.issuer, video_id, request.headers.get("Authorization"),
+        request.headers.get("Content-Type"), await body_bytes(), limit,
+    )
     return json_response(comment.to_json(), 201, {"Location": f"/v1/videos/{video_id}/comments/{comment.id}"})
 
 

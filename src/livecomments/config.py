@@ -73,6 +73,7 @@ class Settings:
     shutdown_grace_s: float = _setting(5.0, "seconds to drain on SIGTERM before closing", kind=float)
     worker_id: int = _setting(0, "Snowflake worker id of this process (0-1023)", kind=int)
     store: str = _setting("sqlite", "comment store: sqlite | scylla")
+    sqlite_synchronous: str = _setting("normal", "normal: a commit survives the process being killed; full: also an OS crash (fsync per commit)")
     scylla_hosts: str = _setting("127.0.0.1:9042", "CQL contact points, comma-separated")
     scylla_keyspace: str = _setting("livecomments", "CQL keyspace")
     scylla_consistency: str = _setting("LOCAL_QUORUM", "CQL consistency level")
@@ -183,6 +184,8 @@ def _check(s: Settings) -> None:
         raise ValueError("worker_id must be in 0..1023")
     if s.tier_sampled_below > s.tier_sampled_at or s.tier_cdn_below > s.tier_cdn_at:
         raise ValueError("tier *_below thresholds must not exceed their *_at thresholds")
+    if s.sqlite_synchronous not in ("normal", "full"):
+        raise ValueError("sqlite_synchronous must be normal or full")
     if s.store not in ("sqlite", "scylla"):
         raise ValueError("store must be sqlite or scylla")
     if s.moderation_queue < 1 or s.moderation_workers < 0 or s.moderation_users_max < 1:

@@ -79,7 +79,8 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         ) as scylla:
             yield scylla
     else:
-        async with SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as sqlite:
+        path = os.path.join(settings.data_dir, "comments.sqlite3")
+        async with SqliteStore.open(path, durable=settings.sqlite_synchronous == "full") as sqlite:
             yield sqlite
 
 
@@ -96,7 +97,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
 
         settings = attrs.evolve(settings, port=lsock.getsockname()[1])
     async with (
-        SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as store,
+        open_store(settings) as store,
         SqliteModerationStore.open(os.path.join(settings.data_dir, "moderation.sqlite3")) as mod_store,
     ):
         bus = InProcessBus()
@@ -124,7 +125,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
         svc.ready_checks.append(store_readable)
         app = create_app(svc)
         handoff = AsgiHandoff(app)
-        front = FrontDoor(settings, rooms, issuer, metrics, handoff)
+        front = FrontDoor(settings, rooms, issuer, metrics, handoff, comments)
         async with trio.open_nursery() as root:
             await root.start(rooms.run)
             await root.start(automod.run, mod_queue, settings.moderation_workers)

@@ -107,7 +107,8 @@ async def open_cold_store(settings: Settings) -> AsyncIterator[Store]:
     if settings.store != "scylla":
         from livecomments.store.sqlite import SqliteStore
 
-        async with SqliteStore.open(os.path.join(settings.data_dir, "comments.sqlite3")) as sqlite:
+        path = os.path.join(settings.data_dir, "comments.sqlite3")
+        async with SqliteStore.open(path, durable=settings.sqlite_synchronous == "full") as sqlite:
             yield sqlite
         return
     from livecomments.store.scylla import ScyllaStore, ShardingThresholds

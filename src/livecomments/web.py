@@ -8,7 +8,7 @@ from typing import Any, cast
 from quart import Response, current_app, request
 
 from livecomments.auth import Identity
-from livecomments.errors import BadRequest, LivecommentsError, PayloadTooLarge, UnsupportedMediaType
+from livecomments.errors import LivecommentsError, PayloadTooLarge, UnsupportedMediaType
 from livecomments.services import Services
 
 
@@ -27,21 +27,19 @@ def error_response(err: LivecommentsError) -> Response:
 
 async def json_body() -> dict[str, Any]:
     """The request's JSON object; 415 unless JSON, 413 over the body limit, 400 if malformed."""
+    from ingest.posting import parse_json_object
+
     limit = services().settings.max_body
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("send Content-Type: application/json")
+    return parse_json_object(request.headers.get("Content-Type"), await body_bytes(), limit)
+
+
+async def body_bytes() -> bytes:
     data = await request.get_data(as_text=False)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not valid JSON", code="malformed_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", code="malformed_json")
-    return body
+    return data if isinstance(data, bytes) else data.encode()
 
 
 def bearer() -> Identity:

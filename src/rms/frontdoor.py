@@ -35,17 +35,21 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
+from ingest.posting import post_from_request
+from ingest.service import CommentService
 from livecomments.auth import TokenIssuer
 from livecomments.config import Settings
-from livecomments.errors import LivecommentsError
+from livecomments.errors import BadRequest, LivecommentsError, PayloadTooLarge
 from rms.frames import Encoding, chunk, control, join
-from rms.params import parse_id, stream_params
+from rms.params import check_video, parse_id, stream_params
 from rms.room import Room, Rooms
 from rms.viewer import SocketViewer
 
 log = logging.getLogger("livecomments.frontdoor")
 
 STREAM_PATH = re.compile(r"^/v1/videos/([^/]*)/(events|ws)$")
+POST_PATH = re.compile(r"^/v1/videos/([^/]*)/comments$")
+BODY_TIMEOUT_S = 30.0
 HEAD_LIMIT = 16 * 1024  # bytes of request head we accept before answering 431
 HEAD_TIMEOUT_S = 10.0
 WS_MESSAGE_LIMIT = 4096
@@ -64,8 +68,12 @@ class FrontDoor:
         issuer: TokenIssuer,
         metrics: Any,
         handoff: Handoff,
+        comments: CommentService | None = None,
     ) -> None:
         self.settings = settings
+        # Where ingest runs in this process, posts are answered here, without the ASGI
+        # stack: a post costs a fraction of what it costs through Hypercorn and Quart.
+        self.comments = comments
         self.rooms = rooms
         self.issuer = issuer
         self.metrics = metrics
@@ -141,50 +149,113 @@ class FrontDoor:
                 sock.close()
 
     async def _open(self, sock: socket.socket) -> Opened | bytes | None:
-        """Read the request head; open a lean stream (its parts), or return the bytes to
-        hand to Hypercorn, or None when the connection is done (closed, or answered)."""
+        """Read request heads; open a lean stream (its parts), answer a lean post and read
+        the next request, or return the bytes of a request to hand to Hypercorn; None
+        when the connection is done (closed, or answered)."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
-        raw = bytearray()
-        request: h11.Request | None = None
-        with trio.move_on_after(HEAD_TIMEOUT_S):
-            while request is None:
+        while True:
+            raw = bytearray(conn.trailing_data[0])  # this request's bytes, from its start
+            request: h11.Request | None = None
+            with trio.move_on_after(HEAD_TIMEOUT_S):
+                while request is None:
+                    try:
+                        event = conn.next_event()
+                    except h11.RemoteProtocolError as e:
+                        await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
+                        return None
+                    if event is h11.NEED_DATA:
+                        if len(raw) > HEAD_LIMIT:
+                            # Still no whole head after the limit (h11 checks only heads that
+                            # arrive in several reads, so say it here for every case).
+                            await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
+                            return None
+                        data = await _recv(sock)
+                        if not data:
+                            return None
+                        raw += data
+                        conn.receive_data(data)
+                    elif isinstance(event, h11.Request):
+                        request = event
+                    else:
+                        return None
+            if request is None:
+                return None
+            split = urlsplit(request.target.decode("latin-1"))
+            lean = request.http_version == b"1.1" and not self.draining
+            m = STREAM_PATH.match(split.path)
+            if m and request.method == b"GET" and lean:
+                headers = {k.lower(): v for k, v in request.headers}
+                video_id = unquote(m.group(1))
+                query = dict(parse_qsl(split.query, keep_blank_values=True))
+                if m.group(2) == "events":
+                    return await self._sse(sock, conn, video_id, query, headers)
+                if headers.get(b"upgrade", b"").lower() == b"websocket":
+                    return await self._websocket(sock, bytes(raw), video_id, query)
+            p = POST_PATH.match(split.path)
+            if p and request.method == b"POST" and lean and self.comments is not None:
+                if not await self._post(sock, conn, request, unquote(p.group(1))):
+                    return None
+                conn.start_next_cycle()
+                continue
+            return bytes(raw)
+
+    # -- posting ----------------------------------------------------------------------------
+
+    async def _post(self, sock: socket.socket, conn: h11.Connection, request: h11.Request, video_id: str) -> bool:
+        """Answer ``POST /v1/videos/{id}/comments`` without the ASGI stack (the same checks
+        and errors as the Quart route, through ``ingest.posting``). True when the
+        connection may carry another request."""
+        assert self.comments is not None
+        limit = self.settings.max_body
+        headers = {k.lower().decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+        auth, ctype = headers.get("authorization"), headers.get("content-type")
+        status, body, extra = 201, b"", [(b"content-type", b"application/json")]
+        try:
+            check_video(video_id)
+            self.issuer.from_header(auth)  # 401 before reading the body, as the Quart route
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            if conn.they_are_waiting_for_100_continue:
+                await _send_all(sock, conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+            data = await self._read_body(sock, conn, limit)
+            if data is None:
+                return False  # the client went away
+            comment = await post_from_request(self.comments, self.issuer, video_id, auth, ctype, data, limit)
+            body = json.dumps(comment.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+            extra.append((b"location", f"/v1/videos/{video_id}/comments/{comment.id}".encode()))
+        except LivecommentsError as e:
+            status, body = e.status, json.dumps(e.body()).encode()
+            extra += [(k.lower().encode(), v.encode()) for k, v in e.headers().items()]
+        self.metrics.posts.labels(str(status)).inc()
+        # A request whose body was not read to its end cannot be followed by another.
+        close = conn.their_state is not h11.DONE
+        await self._respond(sock, conn, status, body, extra, close=close)
+        return not close and conn.our_state is h11.DONE
+
+    async def _read_body(self, sock: socket.socket, conn: h11.Connection, limit: int) -> bytes | None:
+        """The request body, at most ``limit`` bytes (413 beyond), within BODY_TIMEOUT_S."""
+        body = bytearray()
+        with trio.move_on_after(BODY_TIMEOUT_S):
+            while True:
                 try:
                     event = conn.next_event()
                 except h11.RemoteProtocolError as e:
-                    await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
-                    return None
-                if event is h11.NEED_DATA:
-                    if len(raw) > HEAD_LIMIT:
-                        # Still no whole head after the limit (h11 checks only heads that
-                        # arrive in several reads, so say it here for every case).
-                        await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
-                        return None
-                    await trio.lowlevel.wait_readable(sock)
-                    try:
-                        data = sock.recv(RECV)
-                    except BlockingIOError:
-                        continue
+                    raise BadRequest(f"malformed request body: {e}") from None
+                if isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > limit:
+                        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+                elif isinstance(event, h11.EndOfMessage):
+                    return bytes(body)
+                elif event is h11.NEED_DATA:
+                    data = await _recv(sock)
                     if not data:
                         return None
-                    raw += data
                     conn.receive_data(data)
-                elif isinstance(event, h11.Request):
-                    request = event
                 else:
                     return None
-        if request is None:
-            return None
-        split = urlsplit(request.target.decode("latin-1"))
-        m = STREAM_PATH.match(split.path)
-        if m and request.method == b"GET" and request.http_version == b"1.1" and not self.draining:
-            headers = {k.lower(): v for k, v in request.headers}
-            video_id = unquote(m.group(1))
-            query = dict(parse_qsl(split.query, keep_blank_values=True))
-            if m.group(2) == "events":
-                return await self._sse(sock, conn, video_id, query, headers)
-            if headers.get(b"upgrade", b"").lower() == b"websocket":
-                return await self._websocket(sock, bytes(raw), video_id, query)
-        return bytes(raw)
+        return None
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -195,11 +266,24 @@ class FrontDoor:
     async def _send_response(
         self, sock: socket.socket, conn: h11.Connection, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
     ) -> None:
+        await self._respond(sock, conn, status, body, headers, close=True)
+
+    async def _respond(
+        self,
+        sock: socket.socket,
+        conn: h11.Connection,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        close: bool,
+    ) -> None:
         try:
+            close_header = [(b"connection", b"close")] if close else []
             data = conn.send(
                 h11.Response(
                     status_code=status,
-                    headers=[*headers, (b"content-length", b"%d" % len(body)), (b"connection", b"close")],
+                    headers=[*headers, (b"content-length", b"%d" % len(body)), *close_header],
                 )
             )
             data = (data or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
@@ -354,6 +438,16 @@ class FrontDoor:
                 while not viewer.queue.empty:
                     await trio.lowlevel.wait_writable(sock)
                     viewer.queue.consume(sock.send(viewer.queue.peek()), trio.current_time())
+
+
+async def _recv(sock: socket.socket) -> bytes:
+    """The next bytes the peer sent (b"" when it closed)."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(RECV)
+        except BlockingIOError:
+            continue
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

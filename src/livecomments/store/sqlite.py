@@ -2,8 +2,14 @@
 
 ``append`` puts the comment on a bounded queue (10,000 by default; when it is full,
 posters wait: that is the backpressure onto ingest) and returns when the transaction
-holding it has committed, so a 201 always means "on disk". The writer takes whatever
-is queued (up to 500) into one transaction, which keeps 1,000 posts/s cheap. Reads use
+holding it has committed, so a 201 always means "committed". The writer takes whatever
+is queued (up to 500) into one transaction, which keeps 1,000 posts/s cheap.
+
+Durability: by default (``durable=False``, SQLite's ``synchronous=NORMAL`` in WAL mode)
+a commit is written to the WAL file but not fsynced: it survives the server process being
+killed at any moment, but an operating-system crash or power loss can lose the last
+commits. ``durable=True`` (``LIVECOMMENTS_SQLITE_SYNCHRONOUS=full``) fsyncs every commit,
+which survives those too and costs a few milliseconds per post (one fsync per group). Reads use
 a second connection; WAL mode lets them run while the writer commits. SQLite calls run
 in worker threads so the Trio loop never blocks on the disk.
 """
@@ -55,16 +61,17 @@ def _row(r: tuple[Any, ...]) -> Comment:
     )
 
 
-def _connect(path: str) -> sqlite3.Connection:
+def _connect(path: str, durable: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
     return conn
 
 
 class SqliteStore:
-    def __init__(self, path: str, *, queue_size: int = 10_000, batch_max: int = 500) -> None:
+    def __init__(self, path: str, *, queue_size: int = 10_000, batch_max: int = 500, durable: bool = False) -> None:
         self.path = path
+        self.durable = durable
         self.batch_max = batch_max
         self._send, self._recv = trio.open_memory_channel[tuple[Comment, list[BaseException | None], trio.Event]](
             queue_size
@@ -80,7 +87,7 @@ class SqliteStore:
         """Open the file, run the writer in a nursery owned here, flush on exit."""
         store = cls(path, **kw)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        store._writer = await trio.to_thread.run_sync(_connect, path)
+        store._writer = await trio.to_thread.run_sync(_connect, path, store.durable)
         await trio.to_thread.run_sync(store._writer.executescript, SCHEMA)
         store._reader = await trio.to_thread.run_sync(_connect, path)
         try:
