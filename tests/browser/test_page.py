@@ -279,6 +279,35 @@ def test_moderator_token_gets_a_delete_button(
     assert theirs["id"] not in ids(v)
 
 
+def test_moderator_bans_from_the_page_and_the_shadow_banned_see_only_themselves(
+    server: ServerProcess, video: str, new_page: NewPage, check_js_errors: Any
+) -> None:
+    first = api_post(server, video, "first from the troll", user="troll-b")
+    troll = server.token(first["author"]["id"], "Troll")  # the page acts as that same user
+    mod = server.token("mod-b", "Mod", roles=["moderator"])
+    m = new_page(f"{watch(server, video)}#token={mod}")
+    t = new_page(f"{watch(server, video)}#token={troll}")
+    v = new_page(watch(server, video))
+    for page in (m, t, v):
+        check_js_errors(page)
+        connected(page)
+    # Viewers see no ban menu; the moderator does, on someone else's comment.
+    expect(item(v, "first from the troll").locator(".ban-menu")).to_have_count(0)
+    menu = item(m, "first from the troll").locator(".ban-menu")
+    menu.locator("summary").click()
+    menu.locator("button[data-mode=shadow]").click()
+    expect(m.locator("#notice")).to_contain_text("shadow-banned")
+    # The troll's next comment: on the troll's own page, and nowhere else.
+    post(t, "nobody sees this")
+    expect(item(t, "nobody sees this")).to_have_attribute("data-state", "confirmed")
+    marker = api_post(server, video, "after the shadow comment", user="bystander")
+    expect(item(v, "after the shadow comment")).to_have_count(1)
+    expect(item(m, "after the shadow comment")).to_have_count(1)
+    expect(item(v, "nobody sees this")).to_have_count(0)
+    expect(item(m, "nobody sees this")).to_have_count(0)
+    assert marker["id"] in ids(v)
+
+
 # ---------------------------------------------------------------- reconnecting
 
 

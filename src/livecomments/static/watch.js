@@ -200,6 +200,16 @@
     return Array.isArray(cl.streams) && cl.streams.includes(videoId);
   }
 
+  /** Who may ban a comment's author on this video: moderators, admins and the streamer,
+   *  for anyone but themselves. */
+  function canBan(c) {
+    const cl = auth.claims;
+    if (!cl || !auth.token || !c.author || c.author.id === cl.sub) return false;
+    const roles = Array.isArray(cl.roles) ? cl.roles : [];
+    if (roles.includes("moderator") || roles.includes("admin")) return true;
+    return Array.isArray(cl.streams) && cl.streams.includes(videoId);
+  }
+
   // ---------------------------------------------------------------- status line
 
   const state = { transport: "none", conn: "connecting", mode: "push", interval: 0 };
@@ -277,7 +287,7 @@
     renderActions(li, c);
   }
 
-  /** Per-comment buttons. Only delete so far; more actions go here. */
+  /** Per-comment buttons: retry a failed post; delete; for moderators a ban menu. */
   function renderActions(li, c) {
     const box = li.querySelector(".actions");
     box.replaceChildren();
@@ -295,6 +305,49 @@
       del.setAttribute("aria-label", "Delete this comment");
       del.textContent = "✕";
       box.append(del);
+    }
+    if (li.dataset.state !== "failed" && canBan(c)) {
+      li.dataset.author = c.author.id;
+      const menu = document.createElement("details");
+      menu.className = "ban-menu";
+      const summary = document.createElement("summary");
+      summary.textContent = "ban";
+      summary.title = `Ban ${c.author.name || c.author.id} on this video`;
+      menu.append(summary);
+      for (const [mode, label] of [["shadow", "shadow-ban"], ["overt", "ban"]]) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.dataset.action = "ban";
+        b.dataset.mode = mode;
+        b.textContent = label;
+        menu.append(b);
+      }
+      box.append(menu);
+    }
+  }
+
+  async function banAuthor(li, mode) {
+    const user = li.dataset.author;
+    if (!user) return;
+    let r;
+    try {
+      r = await fetch(`${base}/bans`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${auth.token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ user_id: user, mode }),
+      });
+    } catch {
+      showError("Network error: the ban was not made.");
+      return;
+    }
+    const body = await r.json().catch(() => ({}));
+    if (r.ok) {
+      const name = li.querySelector(".author")?.textContent || user;
+      showNotice(mode === "shadow" ? `${name} is shadow-banned here` : `${name} is banned here`);
+      const menu = li.querySelector(".ban-menu");
+      if (menu) menu.open = false;
+    } else {
+      showError(body.detail || `Could not ban (${r.status}).`);
     }
   }
 
@@ -503,6 +556,8 @@
     const li = button.closest("li");
     if (button.dataset.action === "delete") {
       deleteComment(li);
+    } else if (button.dataset.action === "ban") {
+      banAuthor(li, button.dataset.mode);
     } else if (button.dataset.action === "retry") {
       li.dataset.state = "pending";
       li.dataset.pending = "true";
