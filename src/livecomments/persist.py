@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -39,6 +38,7 @@ import trio
 
 from livecomments.model import Comment
 from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.streams import GroupConsumer, text
 from livecomments.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("livecomments.persist")
@@ -55,8 +55,7 @@ class Entry:
     comment_id: int = 0
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+_s = text
 
 
 def parse(entry_id: Any, fields: Any) -> Entry:
@@ -179,7 +178,10 @@ class Stats:
     skipped: int = 0
 
 
-class PersistWorker:
+class PersistWorker(GroupConsumer):
+    name = "persist"
+    store_name = "cold store"
+
     def __init__(
         self,
         redis: Redis,
@@ -193,18 +195,13 @@ class PersistWorker:
         max_backoff_s: float = 5.0,
         viewers: ViewerFeed | None = None,
     ) -> None:
-        self.redis = redis
+        self.stats = Stats()
+        super().__init__(
+            redis, GROUP, consumer, batch=batch, block_ms=block_ms, claim_idle_s=claim_idle_s, max_backoff_s=max_backoff_s
+        )
         self.keys = keys
         self.cold = cold
-        self.consumer = consumer
-        self.batch = batch
-        self.block_ms = block_ms
-        self.claim_idle_ms = int(claim_idle_s * 1000)
-        self.max_backoff_s = max_backoff_s
         self.viewers = viewers
-        self.stats = Stats()
-        self.idle = trio.Event()  # set whenever a pass found nothing to do (tests wait on it)
-        self.stopping = False
         self.stopped = trio.Event()
 
     def stop(self) -> None:
@@ -225,67 +222,16 @@ class PersistWorker:
         finally:
             self.stopped.set()
 
-    async def drain_forever(self, stream: str) -> None:
-        backoff = 0.2
-        pending_first = True  # after a (re)start: our own unacknowledged entries first
-        while not self.stopping:
-            try:
-                await self._ensure_group(stream)
-                if pending_first:
-                    while await self._pass(stream, "0") and not self.stopping:
-                        pass
-                    await self._claim(stream)
-                    pending_first = False
-                if not await self._pass(stream, ">"):
-                    self.idle.set()
-                    self.idle = trio.Event()
-                    await self._claim(stream)
-                backoff = 0.2
-            except StoreUnavailable as e:
-                self.stats.failures += 1
-                log.warning("persist: cold store unavailable (%s); retrying in %.1f s", e, backoff)
-                pending_first = True
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, self.max_backoff_s)
-            except REDIS_ERRORS as e:
-                self.stats.failures += 1
-                log.warning("persist: Redis unavailable (%s); retrying in %.1f s", e, backoff)
-                pending_first = True
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, self.max_backoff_s)
+    async def handle(self, stream: str, entries: list[Any]) -> None:
+        await self.write(stream, [parse(e.identifier, e.field_values) for e in entries])
 
-    async def _ensure_group(self, stream: str) -> None:
-        try:
-            await self.redis.xgroup_create(stream, GROUP, "0", mkstream=True)
-        except REDIS_ERRORS as e:
-            if "BUSYGROUP" not in str(e) and "already exists" not in str(e):
-                raise
+    @property
+    def failures(self) -> int:  # the consumer's outage count is part of the worker's stats
+        return self.stats.failures
 
-    async def _pass(self, stream: str, start: str) -> bool:
-        """Read one batch (``0``: our pending entries; ``>``: new ones) and write it.
-        True if there was something. Raises ``StoreUnavailable`` if part of it failed."""
-        block = self.block_ms if start == ">" else None
-        got = await self.redis.xreadgroup(GROUP, self.consumer, {stream: start}, count=self.batch, block=block)
-        entries: list[Entry] = []
-        for key, items in (got or {}).items():
-            if _s(key) == stream:
-                entries.extend(parse(e.identifier, e.field_values) for e in items)
-        if not entries:
-            return False
-        await self.write(stream, entries)
-        return True
-
-    async def _claim(self, stream: str) -> None:
-        """Take over entries that another (dead) consumer left pending for too long."""
-        start = "0-0"
-        for _ in range(100):
-            res = await self.redis.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, start, count=self.batch)
-            start, claimed = _s(res[0]), res[1]
-            if claimed:
-                log.info("persist: claimed %d idle entries on %s", len(claimed), stream)
-                await self.write(stream, [parse(e.identifier, e.field_values) for e in claimed])
-            if start in ("0-0", "0"):
-                return
+    @failures.setter
+    def failures(self, value: int) -> None:
+        self.stats.failures = value
 
     async def write(self, stream: str, entries: Sequence[Entry]) -> None:
         """Write a batch to the cold store; ack what it accepted (see the module doc)."""

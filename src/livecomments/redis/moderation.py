@@ -42,6 +42,7 @@ from coredis import PureToken
 from livecomments.model import Comment
 from livecomments.moderation.pipeline import Automod, ModerationMetrics
 from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.streams import GroupConsumer, text
 from livecomments.store.base import StoreUnavailable
 from livecomments.store.moderation import Ban, LogEntry, VideoSettings
 
@@ -51,8 +52,7 @@ PAD = 19
 GROUP = "moderate"
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+_s = text
 
 
 def _ban_json(b: Ban) -> str:
@@ -269,8 +269,10 @@ class RedisModerationQueue:
             )
 
 
-class RedisModerationSource:
+class RedisModerationSource(GroupConsumer):
     """Feeds ``Automod`` from the moderation streams (``livecomments moderate``)."""
+
+    name = "moderate"
 
     def __init__(
         self,
@@ -283,13 +285,9 @@ class RedisModerationSource:
         block_ms: int = 1000,
         claim_idle_s: float = 30.0,
     ) -> None:
-        self.redis = redis
+        super().__init__(redis, GROUP, consumer, batch=batch, block_ms=block_ms, claim_idle_s=claim_idle_s)
         self.keys = keys
         self.automod = automod
-        self.consumer = consumer
-        self.batch = batch
-        self.block_ms = block_ms
-        self.claim_idle_ms = int(claim_idle_s * 1000)
         self.handled = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -298,53 +296,7 @@ class RedisModerationSource:
                 nursery.start_soon(self.drain_forever, stream_key(self.keys, slot))
             task_status.started()
 
-    async def drain_forever(self, stream: str) -> None:
-        backoff = 0.2
-        pending_first = True
-        while True:
-            try:
-                await self._ensure_group(stream)
-                if pending_first:
-                    while await self._pass(stream, "0"):
-                        pass
-                    await self._claim(stream)
-                    pending_first = False
-                if not await self._pass(stream, ">"):
-                    await self._claim(stream)
-                backoff = 0.2
-            except REDIS_ERRORS as e:
-                log.warning("moderate: Redis unavailable (%s); retrying in %.1f s", e, backoff)
-                pending_first = True
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
-
-    async def _ensure_group(self, stream: str) -> None:
-        try:
-            await self.redis.xgroup_create(stream, GROUP, "0", mkstream=True)
-        except REDIS_ERRORS as e:
-            if "BUSYGROUP" not in str(e) and "already exists" not in str(e):
-                raise
-
-    async def _pass(self, stream: str, start: str) -> bool:
-        block = self.block_ms if start == ">" else None
-        got = await self.redis.xreadgroup(GROUP, self.consumer, {stream: start}, count=self.batch, block=block)
-        entries = [e for key, items in (got or {}).items() if _s(key) == stream for e in items]
-        if not entries:
-            return False
-        await self._handle(stream, entries)
-        return True
-
-    async def _claim(self, stream: str) -> None:
-        start = "0-0"
-        for _ in range(100):
-            res = await self.redis.xautoclaim(stream, GROUP, self.consumer, self.claim_idle_ms, start, count=self.batch)
-            start, claimed = _s(res[0]), res[1]
-            if claimed:
-                await self._handle(stream, list(claimed))
-            if start in ("0-0", "0"):
-                return
-
-    async def _handle(self, stream: str, entries: list[Any]) -> None:
+    async def handle(self, stream: str, entries: list[Any]) -> None:
         for e in entries:
             fields = {_s(k): _s(v) for k, v in dict(e.field_values).items()}
             try:
