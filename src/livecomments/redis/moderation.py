@@ -40,7 +40,7 @@ import trio
 from coredis import PureToken
 
 from livecomments.model import Comment
-from livecomments.moderation.pipeline import Automod, ModerationMetrics
+from livecomments.moderation.pipeline import Automod, InProcessQueue, ModerationMetrics
 from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
 from livecomments.redis.streams import GroupConsumer, text
 from livecomments.store.base import StoreUnavailable
@@ -206,8 +206,9 @@ def stream_key(keys: Keys, slot: int) -> str:
     return f"{keys.prefix}:{{{slot}}}:moderate"
 
 
-class RedisModerationQueue:
-    """``ModerationQueue`` for ingest processes of a cluster (see the module doc)."""
+class RedisModerationQueue(InProcessQueue):
+    """``ModerationQueue`` for ingest processes of a cluster (see the module doc): the
+    in-process bounded buffer (``offer`` never waits), forwarded to the streams by ``run``."""
 
     def __init__(
         self,
@@ -219,22 +220,11 @@ class RedisModerationQueue:
         stream_max: int = 100_000,
         batch: int = 200,
     ) -> None:
+        super().__init__(buffer, metrics)
         self.redis = redis
         self.keys = keys
-        self.metrics = metrics
         self.stream_max = stream_max
         self.batch = batch
-        self._send, self._recv = trio.open_memory_channel[Comment](buffer)
-        metrics.depth.set_function(lambda: self._send.statistics().current_buffer_used)
-
-    def offer(self, comment: Comment) -> bool:
-        try:
-            self._send.send_nowait(comment)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self.metrics.skipped.inc()
-            return False
-        self.metrics.queued.inc()
-        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Forward buffered comments to the streams until cancelled."""
