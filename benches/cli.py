@@ -22,11 +22,17 @@ from benches.targets import TargetUnavailable
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="livecomments bench",
-        description="Fan-out benchmark: SSE viewers, a paced publisher, livecomments or Nchan.",
+        description="Fan-out benchmark: SSE or WebSocket viewers, a paced publisher, livecomments or Nchan.",
         epilog="Presets: " + "; ".join(f"{s.name}: {s.description}" for s in PRESETS.values()),
     )
     p.add_argument("--scenario", required=True, choices=sorted(PRESETS), help="named load shape")
     p.add_argument("--target", choices=("livecomments", "nchan"), default="livecomments")
+    p.add_argument(
+        "--transport",
+        choices=("sse", "ws"),
+        default="sse",
+        help="viewers' transport: SSE (default) or WebSocket (ws; livecomments only)",
+    )
     p.add_argument("--duration", type=float, help="measured window in seconds (preset default)")
     p.add_argument("--out", type=Path, help="output directory (default bench-out/<scenario>-<target>-<time>)")
     g = p.add_argument_group("load shape overrides")
@@ -121,6 +127,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> RunOptions:
     return RunOptions(
         scenario=sc,
         target=args.target,
+        transport=args.transport,
         out_dir=out,
         command="livecomments bench " + shlex.join(argv),
         warmup_s=args.warmup,
@@ -153,6 +160,13 @@ def main(argv: list[str]) -> int:
         print(
             f"livecomments bench: the {args.scenario} scenario runs against livecomments only: it drives the "
             f"server's fan-out tiers (push, sampled, cdn), which {args.target} does not have",
+            file=sys.stderr,
+        )
+        return 2
+    if args.transport == "ws" and args.target != "livecomments":
+        print(
+            f"livecomments bench: --transport ws runs against livecomments only: {args.target} is measured "
+            "with SSE viewers (use --transport sse)",
             file=sys.stderr,
         )
         return 2

@@ -17,7 +17,9 @@ the orchestrator over a ``multiprocessing`` pipe with small tuples: ``("measure"
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
 import heapq
 import os
 import random
@@ -26,6 +28,7 @@ import socket
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -39,6 +42,12 @@ M_ID = b"\nid: "
 M_MODE = b'"mode":"'
 MODES = ("push", "sampled", "cdn")  # livecomments' fan-out tiers, announced with `event: mode`
 SEAM = len(M_COMMENT) - 1
+# WebSocket viewers: each server text frame is one JSON object, comments start with this.
+WS_COMMENT = b'{"type":"comment"'
+WS_TYPE = b'{"type":"'
+WS_ID_AT = len(b'{"type":"comment","id":"')  # where a comment's id starts in its payload
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+TRANSPORTS = ("sse", "ws")
 HIST_MS = 120_000  # latency histogram: 1 ms bins up to 2 minutes (created_at is whole ms)
 READ_SIZE = 256 * 1024
 
@@ -80,10 +89,11 @@ class ViewerConfig:
     cpu: int | None = None
     seed: int = 0
     extra_headers: list[str] = field(default_factory=list)
+    transport: str = "sse"  # "sse" or "ws" (WebSocket; resumes send ?last_event_id=)
 
 
 class Viewer:
-    """One SSE connection and its counters (slots: thousands of these per process)."""
+    """One SSE or WebSocket connection and its counters (slots: thousands of these per process)."""
 
     __slots__ = (
         "backlog_at",
@@ -110,6 +120,7 @@ class Viewer:
         "t_conn",
         "t_first",
         "tail",
+        "ws_accept",
     )
 
     def __init__(self, idx: int, cls: int, mode: int) -> None:
@@ -137,6 +148,26 @@ class Viewer:
         self.reconnects = 0
         self.parked = False  # dropped by the viral ramp: no reconnects until asked again
         self.seen_mode = 0  # index in MODES of the last mode the server announced
+        self.ws_accept = b""  # the Sec-WebSocket-Accept the handshake must answer with
+
+
+def _ws_header(data: Any, pos: int, n: int) -> tuple[int, int, int] | None:
+    """(opcode, frame end, payload start) of an unmasked frame at ``pos``; None if the header is cut."""
+    if n - pos < 2:
+        return None
+    ln = data[pos + 1] & 0x7F
+    start = pos + 2
+    if ln == 126:
+        if n - pos < 4:
+            return None
+        ln = (data[pos + 2] << 8) | data[pos + 3]
+        start = pos + 4
+    elif ln == 127:
+        if n - pos < 10:
+            return None
+        ln = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        start = pos + 10
+    return data[pos] & 0x0F, start + ln, start
 
 
 class ClassStats:
@@ -213,10 +244,21 @@ class ViewerWorker:
         self.connected = 0
         self.storm_t0 = 0.0
         self.storm_ms = 0.0
-        self.base_request = (
-            f"GET {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\n"
-            "Accept: text/event-stream\r\nCache-Control: no-cache\r\n" + "".join(h + "\r\n" for h in cfg.extra_headers)
-        ).encode()
+        if cfg.transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {cfg.transport!r}")
+        self.ws = cfg.transport == "ws"
+        extra = "".join(h + "\r\n" for h in cfg.extra_headers)
+        if self.ws:
+            self.base_request = (
+                f"HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Version: 13\r\n" + extra
+            ).encode()
+        else:
+            self.base_request = (
+                f"GET {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\n"
+                "Accept: text/event-stream\r\nCache-Control: no-cache\r\n" + extra
+            ).encode()
+        self.consume: Callable[[Viewer, Any, int], None] = self._consume_ws if self.ws else self._consume
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -258,9 +300,12 @@ class ViewerWorker:
             self._close(v)
             self._retry_later(v, now)
             return
-        req = self.base_request
-        if v.last_id is not None:
-            req += b"Last-Event-ID: " + v.last_id + b"\r\n"
+        if self.ws:
+            req = self._ws_request(v)
+        else:
+            req = self.base_request
+            if v.last_id is not None:
+                req += b"Last-Event-ID: " + v.last_id + b"\r\n"
         try:
             v.sock.send(req + b"\r\n")
         except OSError as e:
@@ -298,8 +343,14 @@ class ViewerWorker:
                 v.state = DONE
             return
         status = v.hdr[9:12]
-        if status != b"200":
+        if status != (b"101" if self.ws else b"200"):
             self.errors[f"http {status.decode(errors='replace')}"] += 1
+            self.pending.discard(v)
+            self._close(v)
+            v.state = DONE
+            return
+        if self.ws and not self._ws_accepted(v, v.hdr[:end]):
+            self.errors["bad websocket handshake"] += 1
             self.pending.discard(v)
             self._close(v)
             v.state = DONE
@@ -308,6 +359,7 @@ class ViewerWorker:
         v.hdr = b""
         v.state = STREAM
         v.seam = False
+        v.tail = b""
         v.id_partial = None
         v.seen_mode = 0  # the opening carries a `mode` event unless the video is in push
         self.pending.discard(v)
@@ -323,7 +375,191 @@ class ViewerWorker:
         elif self.stats[v.cls].name == "flapping":
             self._add_timer(now + self.cfg.flap_interval_s * self.rnd.uniform(0.5, 1.5), 1, v)
         if body:
-            self._consume(v, body, len(body))
+            self.consume(v, body, len(body))
+
+    # -- WebSocket --------------------------------------------------------------------------
+
+    def _ws_request(self, v: Viewer) -> bytes:
+        """The upgrade request (a fresh key per connection); a resume carries ?last_event_id=."""
+        key = base64.b64encode(os.urandom(16))
+        v.ws_accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        path = self.cfg.path.encode()
+        if v.last_id is not None:
+            path += (b"&" if b"?" in path else b"?") + b"last_event_id=" + v.last_id
+        return b"GET " + path + b" " + self.base_request + b"Sec-WebSocket-Key: " + key + b"\r\n"
+
+    @staticmethod
+    def _ws_accepted(v: Viewer, head: bytes) -> bool:
+        """The 101 upgrades to websocket and answers our key."""
+        upgrade = accept = b""
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"upgrade":
+                upgrade = value.strip().lower()
+            elif name == b"sec-websocket-accept":
+                accept = value.strip()
+        return upgrade == b"websocket" and accept == v.ws_accept
+
+    def _ws_send(self, v: Viewer, opcode: int, payload: bytes) -> None:
+        """One small masked client frame (pong, close reply); best effort."""
+        if v.sock is None or len(payload) > 125:
+            return
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+        try:
+            v.sock.send(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)
+        except OSError:
+            pass
+
+    def _consume_ws(self, v: Viewer, data: Any, n: int) -> None:
+        """Account for ``n`` bytes of one WebSocket viewer's stream held at the start of ``data``.
+
+        Server frames are unmasked: step from header to header (2, 4 or 10 bytes), count the
+        text frames whose payload starts with ``{"type":"comment"`` and parse ``created_at``
+        in the first and last comment of the read only. A frame cut by the end of the read
+        is kept in ``v.tail`` and completed by the next read.
+        """
+        st = self.stats[v.cls]
+        st.bytes += n
+        st.reads += 1
+        measuring = self.measuring
+        if measuring:
+            st.reads_window += 1
+        c = 0
+        first: tuple[Any, int, int] | None = None
+        last: tuple[Any, int, int] | None = None
+        pos = 0
+        if v.tail:  # finish the frame the previous read cut
+            t = v.tail
+            head = t if len(t) >= 10 else t + bytes(data[: min(n, 10 - len(t))])
+            h = _ws_header(head, 0, len(head))
+            if h is None or h[1] - len(t) > n:
+                v.tail = t + bytes(data[:n])
+                return
+            frame = t + bytes(data[: h[1] - len(t)])
+            pos = h[1] - len(t)
+            v.tail = b""
+            op, start, end = h[0], h[2], h[1]
+            if op == 1 and frame.startswith(WS_COMMENT, start, end):
+                c = 1
+                first = last = (frame, start, end)
+            elif not self._ws_other(v, st, op, frame, start, end):
+                return
+        while pos < n:
+            if n - pos < 2:
+                v.tail = bytes(data[pos:n])
+                break
+            b1 = data[pos + 1]
+            ln = b1 & 0x7F
+            start = pos + 2
+            if ln == 126:
+                if n - pos < 4:
+                    v.tail = bytes(data[pos:n])
+                    break
+                ln = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            elif ln == 127:
+                if n - pos < 10:
+                    v.tail = bytes(data[pos:n])
+                    break
+                ln = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            if b1 & 0x80:
+                self.errors["masked server frame"] += 1
+                self._on_server_close(v, time.monotonic(), "protocol")
+                return
+            end = start + ln
+            if end > n:
+                v.tail = bytes(data[pos:n])
+                break
+            op = data[pos] & 0x0F
+            if op == 1 and data.startswith(WS_COMMENT, start, end):
+                c += 1
+                if first is None:
+                    first = (data, start, end)
+                last = (data, start, end)
+            elif not self._ws_other(v, st, op, data, start, end):
+                return
+            pos = end
+        if c:
+            v.frames += c
+            st.frames += c
+            self.new_frames += c
+            if measuring:
+                st.frames_window += c
+            assert first is not None and last is not None
+            if measuring or self.storm_ms:
+                now_ms = time.time() * 1000.0
+                self._ws_sample(v, st, first, now_ms, measuring)
+                if last is not first:
+                    self._ws_sample(v, st, last, now_ms, measuring)
+            if self.cfg.track_ids:
+                buf, start, end = last
+                q = buf.find(b'"', start + WS_ID_AT, end)
+                if q > 0:
+                    v.last_id = bytes(buf[start + WS_ID_AT : q])
+            bt = self.cfg.backlog_target
+            if bt and not v.backlog_at and v.frames >= bt:
+                v.backlog_at = time.monotonic()
+
+    def _ws_sample(
+        self, v: Viewer, st: ClassStats, frame: tuple[Any, int, int], now_ms: float, measuring: bool
+    ) -> None:
+        buf, start, end = frame
+        k = buf.find(M_CREATED, start, end)
+        if k < 0:
+            return
+        k += 13
+        try:
+            created = int(buf[k : k + 13])
+        except ValueError:
+            return
+        if measuring and created >= v.live_from_ms - 1.0:
+            lat = now_ms - created
+            if lat < 0.0:
+                lat = 0.0
+            st.hist[int(lat) if lat < HIST_MS else HIST_MS - 1] += 1
+            st.lat_samples += 1
+            if lat > st.lat_max:
+                st.lat_max = lat
+        if self.storm_ms and not v.storm_live_at and created >= self.storm_ms:
+            v.storm_live_at = time.monotonic()
+
+    def _ws_other(self, v: Viewer, st: ClassStats, op: int, data: Any, start: int, end: int) -> bool:
+        """A frame that is not a comment: control events, ping, close. False if it ended the stream."""
+        if op == 1:
+            if data.startswith(WS_TYPE, start, end):
+                q = data.find(b'"', start + len(WS_TYPE), end)
+                name = bytes(data[start + len(WS_TYPE) : q]).decode(errors="replace") if q > 0 else "?"
+            else:
+                name = "?"
+            st.events[name] += 1
+            if name == "gap":
+                st.gaps += 1
+                m = data.find(b'"missed":', start, end)
+                if m >= 0:
+                    q = m + 9
+                    while q < end and 48 <= data[q] <= 57:
+                        q += 1
+                    if q > m + 9:
+                        st.missed += int(data[m + 9 : q])
+            elif name == "mode":
+                m = data.find(M_MODE, start, end)
+                if m >= 0:
+                    q = data.find(b'"', m + len(M_MODE), end)
+                    mode = bytes(data[m + len(M_MODE) : q]).decode(errors="replace") if q > 0 else ""
+                    if mode in MODES:
+                        v.seen_mode = MODES.index(mode)
+        elif op == 9:  # ping: answer with a pong
+            self._ws_send(v, 0xA, bytes(data[start:end]))
+        elif op == 8:  # close: echo it and count the close like an EOF
+            self._ws_send(v, 0x8, bytes(data[start : min(end, start + 2)]))
+            self._on_server_close(v, time.monotonic(), "websocket close")
+            return False
+        elif op != 0xA:
+            st.events[f"opcode {op}"] += 1
+        return True
 
     def _close(self, v: Viewer) -> None:
         self.pending.discard(v)
@@ -548,7 +784,7 @@ class ViewerWorker:
         if n == 0:
             self._on_server_close(v, now, "eof")
             return
-        self._consume(v, self.buf, n)
+        self.consume(v, self.buf, n)
 
     def _slow_tick(self, now: float, dt: float) -> None:
         """Slow viewers read at most ``slow_bps`` bytes per second, in 100 ms steps."""
@@ -680,7 +916,7 @@ class ViewerWorker:
         next_sweep = time.monotonic() + 1.0
         by_fd = self.by_fd
         buf = self.buf
-        consume = self._consume
+        consume = self.consume
         maxevents = len(self.viewers) + 8
         while not self.stopping:
             now = time.monotonic()

@@ -45,6 +45,7 @@ class RunOptions:
     scenario: Scenario
     target: str
     out_dir: Path
+    transport: str = "sse"  # viewers' transport: "sse" or "ws" (livecomments only)
     command: str = ""
     warmup_s: float = 2.0
     poll_ms: float = 5.0
@@ -402,6 +403,10 @@ class Run:
         opts, sc = self.opts, self.sc
         if sc.kind == VIRAL and opts.target != "livecomments":
             raise ValueError(f"the {sc.name} scenario needs livecomments' fan-out tiers; {opts.target} has none")
+        if opts.transport not in ("sse", "ws"):
+            raise ValueError(f"unknown transport {opts.transport!r}: use sse or ws")
+        if opts.transport == "ws" and opts.target != "livecomments":
+            raise ValueError(f"WebSocket viewers need livecomments; {opts.target} is measured with SSE only")
         opts.out_dir.mkdir(parents=True, exist_ok=True)
         nofile_before, nofile_soft, nofile_hard = raise_nofile()
         orig_affinity = os.sched_getaffinity(0)
@@ -464,6 +469,11 @@ class Run:
                 ),
                 "publisher",
             )
+            if opts.transport == "ws":
+                assert isinstance(target, LivecommentsTarget)
+                viewer_path = target.ws_path(sc.backlog)
+            else:
+                viewer_path = target.viewer_path(sc.backlog)
             counts = sc.class_counts()
             nprocs = opts.loadgen_procs or max(1, math.ceil(sc.viewers / opts.viewers_per_proc))
             per_proc = {c: _split(n, nprocs) for c, n in counts.items()}
@@ -474,7 +484,7 @@ class Run:
                 cfg = ViewerConfig(
                     host=HOST,
                     port=target.port,
-                    path=target.viewer_path(sc.backlog),
+                    path=viewer_path,
                     classes=classes,
                     connect_rate=total_rate / nprocs,
                     poll_s=opts.poll_ms / 1000.0,
@@ -487,6 +497,7 @@ class Run:
                     series_origin=self.t_origin,
                     cpu=loadgen_cpu,
                     seed=i,
+                    transport=opts.transport,
                 )
                 self.viewers.append(Worker(ctx, viewer_main, cfg, f"viewers-{i}"))
 
@@ -621,6 +632,7 @@ class Run:
         result: dict[str, Any] = {
             "scenario": sc.name,
             "target": self.target.name,
+            "transport": opts.transport,
             "description": sc.description,
             "command": opts.command,
             "date": datetime.now(UTC).astimezone().isoformat(timespec="seconds"),

@@ -250,6 +250,10 @@ class LivecommentsTarget(Target):
     def viewer_path(self, backlog: int) -> str:
         return f"/v1/videos/{self.stream}/events?backlog={backlog}"
 
+    def ws_path(self, backlog: int) -> str:
+        """The WebSocket endpoint (``--transport ws``)."""
+        return f"/v1/videos/{self.stream}/ws?backlog={backlog}"
+
     def sign_in(self, n: int) -> None:
         """Guest tokens for ``n`` publisher connections (one user each)."""
         self.tokens = []
