@@ -20,6 +20,10 @@ import trio
 from backpressure.outbound import OutboundQueue
 from rms.frames import Encoding, gap_encoder
 
+# After a partial send, a drainer waits this long before trying again (one busy flush
+# interval): slow readers are written in fewer, larger sends.
+DRAIN_PAUSE_S = 0.05
+
 
 class Viewer:
     """The base: identity, encoding, queue and the delivery counters."""
@@ -118,14 +122,20 @@ class SocketViewer(Viewer):
                     self.stats.stuck()
                     self.close()
                     return
+                data = q.peek()
                 try:
-                    n = sock.send(q.peek())
+                    n = sock.send(data)
                 except BlockingIOError:
                     continue
                 except OSError:
                     self.close()
                     return
                 q.consume(n, now)
+                if n < len(data):
+                    # The kernel buffer is full again: give the reader time to catch up
+                    # instead of waking for every few bytes it frees (a slow reader would
+                    # otherwise cost the loop a wakeup and a send per read it makes).
+                    await trio.sleep(DRAIN_PAUSE_S)
         finally:
             self.draining = False
 
