@@ -515,6 +515,10 @@ class ViewerWorker:
             created = int(buf[k : k + 13])
         except ValueError:
             return
+        self._sample(v, st, created, now_ms, measuring)
+
+    def _sample(self, v: Viewer, st: ClassStats, created: float, now_ms: float, measuring: bool) -> None:
+        """One latency sample (a live comment's accept time against now) and the storm mark."""
         if measuring and created >= v.live_from_ms - 1.0:
             lat = now_ms - created
             if lat < 0.0:
@@ -693,16 +697,7 @@ class ViewerWorker:
                         created = int(data[k : k + 13])
                     except ValueError:
                         continue
-                    if measuring and created >= v.live_from_ms - 1.0:
-                        lat = now_ms - created
-                        if lat < 0.0:
-                            lat = 0.0
-                        st.hist[int(lat) if lat < HIST_MS else HIST_MS - 1] += 1
-                        st.lat_samples += 1
-                        if lat > st.lat_max:
-                            st.lat_max = lat
-                    if self.storm_ms and not v.storm_live_at and created >= self.storm_ms:
-                        v.storm_live_at = time.monotonic()
+                    self._sample(v, st, created, now_ms, measuring)
             bt = self.cfg.backlog_target
             if bt and not v.backlog_at and v.frames >= bt:
                 v.backlog_at = time.monotonic()
