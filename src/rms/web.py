@@ -91,7 +91,11 @@ async def _long_poll(video_id: str) -> Response:
             if entries or reset or room.closed:
                 break
             room.touch()
-            await room.changed.wait()
+            svc.metrics.long_polls.inc()
+            try:
+                await room.changed.wait()
+            finally:
+                svc.metrics.long_polls.dec()
             if room.removals_total != removals_seen or room.closed:
                 break
     reset, entries = await room.catch_up(after, s.history_max, user_id)

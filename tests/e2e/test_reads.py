@@ -7,9 +7,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trio.testing
 
-from tests.e2e.helpers import assert_error, ids, post, post_many
+from tests.e2e.helpers import assert_error, ids, metric, post, post_many, wait_until
 from tests.support.server import ServerProcess
 
 
@@ -48,8 +47,13 @@ async def test_long_poll_holds_until_a_comment_arrives(
 
     with trio.fail_after(10):  # far less than wait=30: it returned because of the comment
         async with trio.open_nursery() as nursery:
+            held = await metric(client, "livecomments_long_polls_held")
             nursery.start_soon(poll)
-            await trio.testing.wait_all_tasks_blocked(0.05)
+
+            async def poll_is_held() -> bool:
+                return await metric(client, "livecomments_long_polls_held") > held
+
+            await wait_until(poll_is_held, "the long poll to be held open")
             new = await post(client, server, video, "second")
     assert result["status"] == 200
     assert result["body"]["comments"] == [new]

@@ -153,8 +153,14 @@ async def test_a_long_poll_held_open_hears_of_the_removal(automod_server: Server
         async def poll() -> None:
             results.append(await long_poll(client, video, after=anchor["id"], wait=20))
 
+        held = await metric(client, "livecomments_long_polls_held")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll)
+            # Post only once the poll is held open: a poll that arrives after both the
+            # comment and its removal has nothing to say and would wait out its time.
+            with trio.fail_after(10):
+                while await metric(client, "livecomments_long_polls_held") <= held:  # noqa: ASYNC110 - another process
+                    await trio.sleep(0.02)
             spam = await post(client, srv, video, user, "spamword")
             await viewer.wait_removed(spam["id"])
     # The poll returned either with the comment (it came first) or with its removal;
