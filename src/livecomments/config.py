@@ -65,6 +65,7 @@ class Settings:
     heartbeat_s: float = _setting(15.0, "seconds between SSE heartbeats", kind=float)
     retry_ms: int = _setting(3000, "SSE retry: field, ms", kind=int)
     viewer_buffer: int = _setting(256 * 1024, "bytes queued per slow viewer before batches are dropped", kind=int)
+    viewer_sndbuf: int = _setting(65536, "SO_SNDBUF of a lean-path stream socket, bytes (the kernel doubles it); 0: the kernel's autotuning", kind=int)
     stuck_s: float = _setting(30.0, "seconds without progress before a slow viewer is disconnected", kind=float)
     flush_rate: float = _setting(20.0, "room flushes per second when busy", kind=float)
     flush_burst: int = _setting(4, "room flushes back to back when quiet", kind=int)
@@ -190,6 +191,8 @@ def _check(s: Settings) -> None:
         raise ValueError("store must be sqlite or scylla")
     if s.moderation_queue < 1 or s.moderation_workers < 0 or s.moderation_users_max < 1:
         raise ValueError("moderation_queue and moderation_users_max must be positive, moderation_workers not negative")
+    if s.viewer_sndbuf < 0:
+        raise ValueError("viewer_sndbuf must not be negative (0: the kernel's autotuning)")
     if s.classifier and ":" not in s.classifier:
         raise ValueError("classifier must look like module:attr")
     for name in ("max_text", "max_body", "backlog_max", "history_max", "ring_size", "snapshot_size", "viewer_buffer"):

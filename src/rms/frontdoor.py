@@ -408,6 +408,12 @@ class FrontDoor:
     ) -> None:
         s = self.settings
         assert self._nursery is not None
+        if s.viewer_sndbuf:
+            # A fixed kernel buffer instead of autotuning (up to tcp_wmem's max, 4 MiB on
+            # Debian): a stalled viewer then fills it within a few flushes and meets the
+            # room's own bounded queue and drop policy, instead of pinning megabytes of
+            # kernel memory and making every send of the flush dearer.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, s.viewer_sndbuf)
         viewer = SocketViewer(sock, self._nursery, user_id, encoding, s.viewer_buffer, s.stuck_s, self.metrics)
         self.metrics.connections.labels("ws" if ws else "sse").inc()
         with trio.CancelScope() as scope:

@@ -16,8 +16,8 @@ STUCK_S = 2
 SETTINGS = {
     "LIVECOMMENTS_VIEWER_BUFFER": "4096",
     "LIVECOMMENTS_RATE_LIMIT": "100000/1s",  # one poster posts as fast as it likes
-    # Big comments fill a stalled socket in few posts: the kernel's send buffer for it
-    # grows to several MB (tcp_wmem), and that has to fill before the room drops anything.
+    # Big comments fill a stalled socket in few posts (the kernel buffers on both sides
+    # have to fill before the room drops anything).
     "LIVECOMMENTS_MAX_TEXT": "50000",
     "LIVECOMMENTS_MAX_BODY": "262144",
 }
@@ -123,3 +123,27 @@ async def test_slow_reader_gets_a_gap_event(server_factory: Callable[..., Server
             assert len(got) + sum(missed) == len(posted), (len(got), missed, len(posted))
             assert await metric(c, "livecomments_dropped_comments_total") == sum(missed)
             assert await metric(c, "livecomments_stuck_disconnects_total") == 0
+
+
+async def test_a_stalled_viewer_pins_little_kernel_memory(server_factory: Callable[..., ServerProcess]) -> None:
+    """The stream socket's send buffer is fixed (``VIEWER_SNDBUF``), not autotuned up to
+    tcp_wmem's megabytes: a stalled viewer reaches the room's own drop policy after about
+    the kernel buffers plus ``VIEWER_BUFFER``, not after megabytes."""
+    sndbuf = 16384
+    srv = server_factory({**SETTINGS, "LIVECOMMENTS_STUCK_S": "120", "LIVECOMMENTS_VIEWER_SNDBUF": str(sndbuf)})
+    video = "pinned"
+    path = f"/v1/videos/{video}/events?backlog=0"
+    headers = srv.headers("poster")
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10) as c:
+        stalled = await RawSSE.open(srv.port, path, rcvbuf=SMALL_RCVBUF)
+        with stalled.sock:
+            await wait_until(lambda: viewers_are(c, video, 1), "the viewer in the room")
+            posted = 0
+            while await metric(c, "livecomments_dropped_comments_total") == 0:
+                assert posted < MAX_POSTS, "the stalled viewer never overflowed"
+                await post_big(c, video, headers, posted)
+                posted += 1
+        # The kernel doubles SO_SNDBUF and the receive side holds a little more: a few
+        # comments of ~150 KB, where an autotuned buffer (4 MiB here) takes about thirty.
+        held = 2 * sndbuf + 8 * SMALL_RCVBUF + int(SETTINGS["LIVECOMMENTS_VIEWER_BUFFER"])
+        assert posted <= held // len(BIG.encode()) + 3, posted
