@@ -13,6 +13,7 @@ wakes the one task that writes through the framework.
 from __future__ import annotations
 
 import socket
+import struct
 from typing import Any
 
 import trio
@@ -23,6 +24,9 @@ from rms.frames import Encoding, gap_encoder
 # After a partial send, a drainer waits this long before trying again (one busy flush
 # interval): slow readers are written in fewer, larger sends.
 DRAIN_PAUSE_S = 0.05
+
+# SO_LINGER on, 0 s: close() sends a reset and drops the unsent bytes.
+LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class Viewer:
@@ -100,6 +104,17 @@ class SocketViewer(Viewer):
             self.queue.push_control(data, now)
             self._drain()
 
+    def abort(self) -> None:
+        """Close with a reset, not a FIN. A FIN would queue behind the unsent bytes of a
+        reader that no longer reads, so it would never arrive, and the kernel would keep
+        the orphaned socket and its buffers for minutes; a reset frees both at once."""
+        if not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            except OSError:
+                pass
+        self.close()
+
     def _drain(self) -> None:
         if not self.draining and not self.closed:
             self.draining = True
@@ -120,7 +135,7 @@ class SocketViewer(Viewer):
                 now = trio.current_time()
                 if q.is_stuck(now):
                     self.stats.stuck()
-                    self.close()
+                    self.abort()
                     return
                 data = q.peek()
                 try:

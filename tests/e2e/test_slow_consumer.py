@@ -74,9 +74,11 @@ async def test_stalled_viewer_is_disconnected_and_nobody_else_notices(
             # After STUCK_S without progress the stalled viewer is disconnected ...
             await wait_until(lambda: stuck_disconnects(c), "the stuck disconnect")
             await wait_until(lambda: viewers_are(c, video, 1), "the stalled viewer to leave the room")
-            # ... which it finds out when it finally reads: what was sent, then the end.
+            # ... which it finds out when it finally reads: what was sent, then the end, a
+            # reset (a FIN would wait behind the bytes it never read, and so would the
+            # kernel memory of the closed socket).
             await stalled.read_to_end()
-            assert stalled.ended
+            assert stalled.ended and stalled.reset
             assert stalled.response is not None and stalled.response.status_code == 200
             got = stalled.comment_ids()
             assert len(got) < len(posted)
