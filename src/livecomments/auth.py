@@ -6,6 +6,7 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -70,10 +71,18 @@ def signing_key(secret: str, data_dir: str) -> str:
     return path.read_text().strip()
 
 
+# Tokens whose signature and claims were checked, kept so a client's repeated requests
+# skip the HMAC and the JSON (the same bytes verify the same way until they expire).
+VERIFIED_MAX = 4096
+
+
 @attrs.frozen
 class TokenIssuer:
     key: str
     algorithm: str = "HS256"
+    clock: Callable[[], float] = attrs.field(default=time.time, eq=False, repr=False)
+    # token -> (identity, exp). Bounded: when full, the oldest entry goes.
+    _verified: dict[str, tuple[Identity, float]] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     def issue(
         self,
@@ -99,14 +108,25 @@ class TokenIssuer:
         return jwt.encode(claims, self.key, algorithm=self.algorithm)
 
     def verify(self, token: str) -> Identity:
+        now = self.clock()
+        known = self._verified.get(token)
+        if known is not None:
+            identity, exp = known
+            if now < exp:
+                return identity
+            del self._verified[token]
         try:
+            # ``exp`` is checked here against ``clock``, the same check for a cached token.
             claims = jwt.decode(
-                token, self.key, algorithms=[self.algorithm], options={"require": ["sub", "exp"]}
+                token, self.key, algorithms=[self.algorithm], options={"require": ["sub", "exp"], "verify_exp": False}
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("the token has expired", code="token_expired") from None
         except jwt.PyJWTError:
             raise Unauthorized("the token is not valid", code="invalid_token") from None
+        exp = claims["exp"]
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            raise Unauthorized("the token's claims are malformed", code="invalid_token")
+        if now >= exp:
+            raise Unauthorized("the token has expired", code="token_expired")
         sub, name = claims.get("sub"), claims.get("name", "")
         roles, streams = claims.get("roles", []), claims.get("streams", [])
         if (
@@ -118,7 +138,11 @@ class TokenIssuer:
             or not all(isinstance(r, str) for r in roles + streams)
         ):
             raise Unauthorized("the token's claims are malformed", code="invalid_token")
-        return Identity(sub, name or sub, frozenset(roles) | {"viewer"}, frozenset(streams))
+        identity = Identity(sub, name or sub, frozenset(roles) | {"viewer"}, frozenset(streams))
+        if len(self._verified) >= VERIFIED_MAX:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (identity, float(exp))
+        return identity
 
     def from_header(self, header: str | None) -> Identity:
         if not header:

@@ -191,3 +191,57 @@ def test_guest_ids_are_distinct_and_prefixed() -> None:
     ids = {new_guest_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(i.startswith("g_") and len(i) == 18 for i in ids)
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_remembered_token_still_expires() -> None:
+    clock = Clock(1_000_000.0)
+    issuer = TokenIssuer(KEY, clock=clock)
+    token = issuer.issue("u", "n", ttl_s=60, now=clock.t)
+    assert issuer.verify(token).user_id == "u"
+    clock.t += 59
+    assert issuer.verify(token).user_id == "u"  # answered from memory
+    clock.t += 1
+    with unauthorized("token_expired"):
+        issuer.verify(token)
+    with unauthorized("token_expired"):
+        issuer.verify(token)  # and forgotten: the signature path says the same
+
+
+def test_remembered_tokens_are_bounded() -> None:
+    from livecomments import auth
+
+    issuer = TokenIssuer(KEY)
+    tokens = [issuer.issue(f"u{i}", "n") for i in range(auth.VERIFIED_MAX + 10)]
+    for t in tokens:
+        issuer.verify(t)
+    assert len(issuer._verified) == auth.VERIFIED_MAX
+    # The oldest were forgotten, and still verify (through the signature again).
+    assert issuer.verify(tokens[0]).user_id == "u0"
+
+
+def test_a_forgery_of_a_remembered_token_is_still_invalid() -> None:
+    token = ISSUER.issue("u", "n")
+    ISSUER.verify(token)
+    head, body, sig = token.split(".")
+    with unauthorized("invalid_token"):
+        ISSUER.verify(f"{head}.{body}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}")
+
+
+def test_a_remembered_token_skips_the_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    issuer = TokenIssuer(KEY)
+    token = issuer.issue("u", "n")
+    who = issuer.verify(token)
+
+    def no_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(jwt, "decode", no_decode)
+    assert issuer.verify(token) == who
