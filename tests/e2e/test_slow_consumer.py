@@ -3,7 +3,8 @@ what it missed with ``gap``; nobody else notices either."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -30,6 +31,26 @@ async def post_big(c: httpx.AsyncClient, video: str, headers: dict[str, str], n:
     r = await c.post(f"/v1/videos/{video}/comments", json={"text": f"{n} {BIG}"}, headers=headers)
     assert r.status_code == 201, r.text
     return r.json()  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def lone_reader(srv: ServerProcess, video: str) -> AsyncIterator[tuple[httpx.AsyncClient, RawSSE]]:
+    """A client for posting, and the video's one viewer: a raw SSE socket with a tiny
+    receive buffer that reads only when the test says so."""
+    async with httpx.AsyncClient(base_url=srv.url, timeout=10) as c:
+        viewer = await RawSSE.open(srv.port, f"/v1/videos/{video}/events?backlog=0", rcvbuf=SMALL_RCVBUF)
+        with viewer.sock:
+            await wait_until(lambda: viewers_are(c, video, 1), "the viewer in the room")
+            yield c, viewer
+
+
+async def post_until_dropped(c: httpx.AsyncClient, video: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Big comments, one after another, until the room drops one for a viewer."""
+    posted: list[dict[str, Any]] = []
+    while await metric(c, "livecomments_dropped_comments_total") == 0:
+        assert len(posted) < MAX_POSTS, "the viewer never overflowed"
+        posted.append(await post_big(c, video, headers, len(posted)))
+    return posted
 
 
 async def viewers_are(c: httpx.AsyncClient, video: str, n: int) -> bool:
@@ -94,37 +115,30 @@ async def test_stalled_viewer_is_disconnected_and_nobody_else_notices(
 async def test_slow_reader_gets_a_gap_event(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory({**SETTINGS, "LIVECOMMENTS_STUCK_S": "120"})
     video = "slowpoke"
-    path = f"/v1/videos/{video}/events?backlog=0"
     headers = srv.headers("poster")
-    async with httpx.AsyncClient(base_url=srv.url, timeout=10) as c:
-        slow = await RawSSE.open(srv.port, path, rcvbuf=SMALL_RCVBUF)
-        with slow.sock:
-            await wait_until(lambda: viewers_are(c, video, 1), "the viewer in the room")
-            posted: list[dict[str, Any]] = []
-            while await metric(c, "livecomments_dropped_comments_total") == 0:
-                assert len(posted) < MAX_POSTS, "the slow viewer never overflowed"
-                posted.append(await post_big(c, video, headers, len(posted)))
-            for _ in range(2):
-                posted.append(await post_big(c, video, headers, len(posted)))
+    async with lone_reader(srv, video) as (c, slow):
+        posted = await post_until_dropped(c, video, headers)
+        for _ in range(2):
+            posted.append(await post_big(c, video, headers, len(posted)))
 
-            # Now it reads: the backlog of its socket, then a gap notice.
-            await slow.read_until(lambda: bool(slow.events("gap")), "a gap event")
-            missed = [e.json()["missed"] for e in slow.events("gap")]
-            assert all(isinstance(m, int) and m > 0 for m in missed), missed
+        # Now it reads: the backlog of its socket, then a gap notice.
+        await slow.read_until(lambda: bool(slow.events("gap")), "a gap event")
+        missed = [e.json()["missed"] for e in slow.events("gap")]
+        assert all(isinstance(m, int) and m > 0 for m in missed), missed
 
-            # Reading again, it is live: a new comment arrives, and every comment was either
-            # delivered or counted as missed.
-            marker = await post_big(c, video, headers, len(posted))
-            posted.append(marker)
-            await slow.read_until(lambda: marker["id"] in slow.comment_ids(), "the comment after the gap")
-            got = slow.comment_ids()
-            assert set(got) <= set(ids(posted))
-            assert got == sorted(got, key=int)
-            assert got[-1] == marker["id"]
-            missed = [e.json()["missed"] for e in slow.events("gap")]
-            assert len(got) + sum(missed) == len(posted), (len(got), missed, len(posted))
-            assert await metric(c, "livecomments_dropped_comments_total") == sum(missed)
-            assert await metric(c, "livecomments_stuck_disconnects_total") == 0
+        # Reading again, it is live: a new comment arrives, and every comment was either
+        # delivered or counted as missed.
+        marker = await post_big(c, video, headers, len(posted))
+        posted.append(marker)
+        await slow.read_until(lambda: marker["id"] in slow.comment_ids(), "the comment after the gap")
+        got = slow.comment_ids()
+        assert set(got) <= set(ids(posted))
+        assert got == sorted(got, key=int)
+        assert got[-1] == marker["id"]
+        missed = [e.json()["missed"] for e in slow.events("gap")]
+        assert len(got) + sum(missed) == len(posted), (len(got), missed, len(posted))
+        assert await metric(c, "livecomments_dropped_comments_total") == sum(missed)
+        assert await metric(c, "livecomments_stuck_disconnects_total") == 0
 
 
 async def test_a_stalled_viewer_pins_little_kernel_memory(server_factory: Callable[..., ServerProcess]) -> None:
@@ -134,17 +148,8 @@ async def test_a_stalled_viewer_pins_little_kernel_memory(server_factory: Callab
     sndbuf = 16384
     srv = server_factory({**SETTINGS, "LIVECOMMENTS_STUCK_S": "120", "LIVECOMMENTS_VIEWER_SNDBUF": str(sndbuf)})
     video = "pinned"
-    path = f"/v1/videos/{video}/events?backlog=0"
-    headers = srv.headers("poster")
-    async with httpx.AsyncClient(base_url=srv.url, timeout=10) as c:
-        stalled = await RawSSE.open(srv.port, path, rcvbuf=SMALL_RCVBUF)
-        with stalled.sock:
-            await wait_until(lambda: viewers_are(c, video, 1), "the viewer in the room")
-            posted = 0
-            while await metric(c, "livecomments_dropped_comments_total") == 0:
-                assert posted < MAX_POSTS, "the stalled viewer never overflowed"
-                await post_big(c, video, headers, posted)
-                posted += 1
+    async with lone_reader(srv, video) as (c, _stalled):
+        posted = len(await post_until_dropped(c, video, srv.headers("poster")))
         # The kernel doubles SO_SNDBUF and the receive side holds a little more: a few
         # comments of ~150 KB, where an autotuned buffer (4 MiB here) takes about thirty.
         held = 2 * sndbuf + 8 * SMALL_RCVBUF + int(SETTINGS["LIVECOMMENTS_VIEWER_BUFFER"])
