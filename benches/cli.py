@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from benches.edge import EDGE, print_edge, run_edge
 from benches.report import print_table
 from benches.runner import RunOptions, run
 from benches.scenarios import PRESETS, VIRAL, parse_mix, parse_tiers
@@ -23,9 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="livecomments bench",
         description="Fan-out benchmark: SSE or WebSocket viewers, a paced publisher, livecomments or Nchan.",
-        epilog="Presets: " + "; ".join(f"{s.name}: {s.description}" for s in PRESETS.values()),
+        epilog="Presets: "
+        + "; ".join(f"{s.name}: {s.description}" for s in PRESETS.values())
+        + f"; {EDGE}: P8, --viewers pollers (5,000) of snapshot.json once a second through the nginx edge, "
+        "the video in cdn mode; counts the requests that reach the origin",
     )
-    p.add_argument("--scenario", required=True, choices=sorted(PRESETS), help="named load shape")
+    p.add_argument("--scenario", required=True, choices=sorted([*PRESETS, EDGE]), help="named load shape")
     p.add_argument("--target", choices=("livecomments", "nchan"), default="livecomments")
     p.add_argument(
         "--transport",
@@ -56,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sample_target=20\" (unnamed ones keep the preset's)",
     )
     v.add_argument("--snapshot-pollers", type=int, default=10, help="viewers polling snapshot.json in cdn mode")
+    e = p.add_argument_group(f"{EDGE} (--viewers is the number of pollers)")
+    e.add_argument("--edge-connections", type=int, default=100, help="keep-alive connections the pollers share")
     c = p.add_argument_group("client settings (keep them the same across targets)")
     c.add_argument("--poll-ms", type=float, default=5.0, help="viewer sleep between polls, ms (default 5)")
     c.add_argument("--payload-bytes", type=int, default=250, help="size of a comment object (default 250)")
@@ -156,6 +162,8 @@ def main(argv: list[str]) -> int:
     """Run one benchmark; 0 on a valid run, 1 when the load generator was the bottleneck, 2 on failure."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.scenario == EDGE:
+        return _edge(args, argv)
     if PRESETS[args.scenario].kind == VIRAL and args.target != "livecomments":
         print(
             f"livecomments bench: the {args.scenario} scenario runs against livecomments only: it drives the "
@@ -191,4 +199,28 @@ def main(argv: list[str]) -> int:
     for note in result.get("notes", []):
         print(f"note: {note}")
     print(f"result: {path}" + "".join(f"\nplot: {opts.out_dir / p}" for p in result.get("plots", [])))
+    return 0 if result["valid"] else 1
+
+
+def _edge(args: argparse.Namespace, argv: list[str]) -> int:
+    """``cdn-edge``: its own small run (benches/edge.py), livecomments and nginx only."""
+    if args.target != "livecomments" or args.transport != "sse":
+        print(f"livecomments bench: {EDGE} runs against livecomments behind its nginx edge only", file=sys.stderr)
+        return 2
+    args.out = args.out or Path("bench-out") / f"{EDGE}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.progress = not args.quiet
+    try:
+        result = run_edge(args, "livecomments bench " + shlex.join(argv))
+    except TargetUnavailable as e:
+        print(f"livecomments bench: {EDGE} cannot run: {e}", file=sys.stderr)
+        return 2
+    except (TimeoutError, OSError) as e:
+        print(f"livecomments bench: the run failed: {e}", file=sys.stderr)
+        return 2
+    path = args.out / "result.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print_edge(result)
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"result: {path}")
     return 0 if result["valid"] else 1

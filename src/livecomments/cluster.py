@@ -66,6 +66,13 @@ def edge_template() -> str:
     raise FileNotFoundError("deploy/nginx/edge.conf not found next to the package")
 
 
+def make_edge_dirs(ndir: Path) -> Path:
+    """The directories edge.conf writes to (temp files, the snapshot cache) under ``ndir``."""
+    for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "cache"):
+        (ndir / sub).mkdir(parents=True, exist_ok=True)
+    return ndir
+
+
 def render_edge(
     template: str,
     *,
@@ -218,9 +225,7 @@ class Cluster:
         exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if exe is None:
             raise RuntimeError("nginx is not installed (apt-get install -y nginx)")
-        ndir = self.run_dir / "nginx"
-        for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "cache"):
-            (ndir / sub).mkdir(parents=True, exist_ok=True)
+        ndir = make_edge_dirs(self.run_dir / "nginx")
         port = self.args.edge_port or free_port()
         tls = self_signed(ndir) if self.args.tls else None
         listen = f"127.0.0.1:{port}" + (" ssl http2" if tls else "")
