@@ -92,6 +92,40 @@ async def test_websocket_and_long_poll_through_the_edge(cluster: ClusterProcess)
         assert [c["id"] for c in polled[0]["comments"]] == [posted]  # type: ignore[index]
 
 
+async def sse_over_asgi(client: httpx.AsyncClient, cluster: ClusterProcess) -> float:
+    """Streams the rms nodes served through the general HTTP server, not the lean path."""
+    total = 0.0
+    for n in cluster.nodes("rms"):
+        text = (await client.get(f"{n['url']}/metrics")).text
+        total += sum(
+            float(ln.rsplit(" ", 1)[1])
+            for ln in text.splitlines()
+            if ln.startswith('livecomments_connections_total{transport="sse-asgi"')
+        )
+    return total
+
+
+async def test_streams_after_other_requests_reach_the_lean_path(cluster: ClusterProcess) -> None:
+    """The edge keeps connections to the rms nodes alive between requests; a stream must
+    not be sent down one that an earlier request (history, long-poll) left behind, where
+    the node's general HTTP server would refuse a WebSocket upgrade."""
+    video = "reuse"
+    async with httpx.AsyncClient(timeout=10) as client:
+        asgi_before = await sse_over_asgi(client, cluster)
+        for _ in range(3):
+            r = await client.get(f"{cluster.edge}/v1/videos/{video}/comments", params={"limit": "5"})
+            assert r.status_code == 200
+        ws_url = cluster.edge.replace("http://", "ws://") + f"/v1/videos/{video}/ws?backlog=0"
+        for _ in range(3):
+            async with open_websocket_url(ws_url) as ws:
+                assert not ws.closed
+        for _ in range(3):
+            async with client.stream("GET", f"{cluster.edge}/v1/videos/{video}/events") as resp:
+                assert resp.status_code == 200
+                assert resp.headers["content-type"].startswith("text/event-stream")
+        assert await sse_over_asgi(client, cluster) == asgi_before
+
+
 async def test_one_videos_viewers_land_on_one_rms_node(cluster: ClusterProcess) -> None:
     videos = [f"route{n}" for n in range(8)]
     upstreams: dict[str, set[str]] = {v: set() for v in videos}
@@ -172,7 +206,10 @@ async def test_posting_rate_limit_and_stats_are_cluster_wide(cluster: ClusterPro
 
             async def in_metrics() -> bool:
                 text = (await client.get(f"{rms[0]}/metrics")).text
-                return 'livecomments_video_viewers{video_id="stats1"} 5.0' in text and "livecomments_bus_connected 1.0" in text
+                return (
+                    'livecomments_video_viewers{video_id="stats1"} 5.0' in text
+                    and "livecomments_bus_connected 1.0" in text
+                )
 
             await wait_for(in_metrics, 15, "the cluster-wide count in rms-1's metrics")
             nursery.cancel_scope.cancel()
@@ -197,7 +234,9 @@ async def test_a_deletion_reaches_viewers_history_and_the_cold_store(cluster: Cl
         await nursery.start(viewer.run, client)
         ids = []
         for text in ("keep me", "delete me"):
-            r = await client.post(f"{cluster.edge}/v1/videos/{video}/comments", json={"text": text}, headers=cluster.auth("del"))
+            r = await client.post(
+                f"{cluster.edge}/v1/videos/{video}/comments", json={"text": text}, headers=cluster.auth("del")
+            )
             ids.append(r.json()["id"])
         await wait_for(lambda: len(viewer.ids) == 2, 15, "both comments live")
         r = await client.delete(f"{cluster.edge}/v1/videos/{video}/comments/{ids[1]}", headers=cluster.auth("del"))
