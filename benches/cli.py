@@ -11,7 +11,9 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benches.edge import EDGE, print_edge, run_edge
 from benches.report import print_table
@@ -182,10 +184,17 @@ def main(argv: list[str]) -> int:
         opts = options_from_args(args, argv)
     except ValueError as e:
         parser.error(str(e))
+    return _run_and_report(lambda: run(opts), f"{opts.target} is not available", opts.out_dir, print_table)
+
+
+def _run_and_report(
+    go: Callable[[], dict[str, Any]], unavailable: str, out_dir: Path, show: Callable[[dict[str, Any]], None]
+) -> int:
+    """Run, write ``result.json``, print the table, notes and plots; the exit code."""
     try:
-        result = run(opts)
+        result = go()
     except TargetUnavailable as e:
-        print(f"livecomments bench: {opts.target} is not available: {e}", file=sys.stderr)
+        print(f"livecomments bench: {unavailable}: {e}", file=sys.stderr)
         return 2
     except (TimeoutError, OSError) as e:
         print(f"livecomments bench: the run failed: {e}", file=sys.stderr)
@@ -193,12 +202,12 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("\nlivecomments bench: interrupted", file=sys.stderr)
         return 130
-    path = opts.out_dir / "result.json"
+    path = out_dir / "result.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result)
+    show(result)
     for note in result.get("notes", []):
         print(f"note: {note}")
-    print(f"result: {path}" + "".join(f"\nplot: {opts.out_dir / p}" for p in result.get("plots", [])))
+    print(f"result: {path}" + "".join(f"\nplot: {out_dir / p}" for p in result.get("plots", [])))
     return 0 if result["valid"] else 1
 
 
@@ -209,18 +218,5 @@ def _edge(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     args.out = args.out or Path("bench-out") / f"{EDGE}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.progress = not args.quiet
-    try:
-        result = run_edge(args, "livecomments bench " + shlex.join(argv))
-    except TargetUnavailable as e:
-        print(f"livecomments bench: {EDGE} cannot run: {e}", file=sys.stderr)
-        return 2
-    except (TimeoutError, OSError) as e:
-        print(f"livecomments bench: the run failed: {e}", file=sys.stderr)
-        return 2
-    path = args.out / "result.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print_edge(result)
-    for note in result["notes"]:
-        print(f"note: {note}")
-    print(f"result: {path}")
-    return 0 if result["valid"] else 1
+    command = "livecomments bench " + shlex.join(argv)
+    return _run_and_report(lambda: run_edge(args, command), f"{EDGE} cannot run", args.out, print_edge)
