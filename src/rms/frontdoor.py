@@ -53,6 +53,8 @@ BODY_TIMEOUT_S = 30.0
 HEAD_LIMIT = 16 * 1024  # bytes of request head we accept before answering 431
 HEAD_TIMEOUT_S = 10.0
 WS_MESSAGE_LIMIT = 4096
+LINGER_S = 2.0  # after an answer with Connection: close, read what is in flight this long
+LINGER_BYTES = 1024 * 1024  # ... and at most this much
 RECV = 65536
 
 Handoff = Callable[[socket.socket, bytes], Awaitable[None]]
@@ -228,10 +230,26 @@ class FrontDoor:
             status, body = e.status, json.dumps(e.body()).encode()
             extra += [(k.lower().encode(), v.encode()) for k, v in e.headers().items()]
         self.metrics.posts.labels(str(status)).inc()
-        # A request whose body was not read to its end cannot be followed by another.
-        close = conn.their_state is not h11.DONE
-        await self._respond(sock, conn, status, body, extra, close=close)
-        return not close and conn.our_state is h11.DONE
+        # Answered before the body was read (401, 413): a body of an allowed, declared size
+        # is read and dropped after the answer, so the connection can carry the next
+        # request. A client waiting for ``100 Continue`` will not send it, and a body over
+        # the limit (or of unknown length) is not worth reading: those connections close.
+        unread = conn.their_state is not h11.DONE
+        declared = headers.get("content-length", "")
+        small = declared.isdigit() and int(declared) <= limit
+        drain = unread and small and not conn.they_are_waiting_for_100_continue
+        await self._respond(sock, conn, status, body, extra, close=unread and not drain)
+        if drain and not await self._discard_body(sock, conn, limit):
+            return False
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _discard_body(self, sock: socket.socket, conn: h11.Connection, limit: int) -> bool:
+        """Read the rest of a request body that was already answered; True when it ended
+        within the limit and the time allowed."""
+        try:
+            return await self._read_body(sock, conn, limit) is not None
+        except LivecommentsError:
+            return False
 
     async def _read_body(self, sock: socket.socket, conn: h11.Connection, limit: int) -> bytes | None:
         """The request body, at most ``limit`` bytes (413 beyond), within BODY_TIMEOUT_S."""
@@ -290,6 +308,8 @@ class FrontDoor:
         except h11.LocalProtocolError:
             return
         await _send_all(sock, data)
+        if close:
+            await _lingering_close(sock)
 
     async def _lc_error(self, sock: socket.socket, conn: h11.Connection, err: LivecommentsError) -> None:
         body = json.dumps(err.body()).encode()
@@ -454,6 +474,27 @@ async def _recv(sock: socket.socket) -> bytes:
             return sock.recv(RECV)
         except BlockingIOError:
             continue
+
+
+async def _lingering_close(sock: socket.socket) -> None:
+    """Half-close, then read and drop what the client still sends (at most
+    ``LINGER_BYTES`` within ``LINGER_S``) before the caller closes. Closing with unread
+    bytes makes the kernel send a reset, and a reset can destroy the answer just sent
+    before the client reads it (nginx's lingering_close does the same)."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    left = LINGER_BYTES
+    with trio.move_on_after(LINGER_S):
+        while left > 0:
+            try:
+                data = await _recv(sock)
+            except OSError:
+                return
+            if not data:
+                return
+            left -= len(data)
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
