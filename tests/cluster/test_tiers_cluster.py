@@ -76,7 +76,7 @@ async def test_two_nodes_agree_on_the_mode_and_serve_one_snapshot(cluster: Clust
             assert r1.headers["etag"] == r2.headers["etag"]
             # cdn mode pushes no comments
             assert posted not in a[0].comment_ids() and posted not in b[0].comment_ids()
-        await a[0].wait_for(lambda: modes(a[0])[-1:] == ["sampled"], "back to sampled on rms-1")
-        await b[0].wait_for(lambda: modes(b[0])[-1:] == ["sampled"], "back to sampled on rms-2")
+        for stream, where in ((a[0], "rms-1"), (a[1], "rms-1"), (b[0], "rms-2")):
+            await stream.wait_for(lambda s=stream: modes(s)[-1:] == ["sampled"], f"back to sampled on {where}")
     # the same sequence of modes on every viewer that saw them all
     assert modes(a[0]) == modes(a[1]) == modes(b[0]) == ["sampled", "cdn", "sampled"]
