@@ -10,6 +10,7 @@ test: setup-system lint
 lint:
 	.venv/bin/ruff check src tests benches
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
 
 setup:
 	bash scripts/setup.sh

@@ -92,7 +92,7 @@ def cql_server() -> Iterator[CassandraServer | None]:
 @pytest.fixture(scope="session")
 def cql(cql_server: CassandraServer | None) -> Iterator[CqlTarget]:
     """Hosts and a migrated keyspace of this session's own (dropped at the end)."""
-    from livecomments.store.scylla import migrate  # the driver only when CQL is used
+    from adapters.scylla.store import migrate  # the driver only when CQL is used
 
     hosts = cql_server.hosts if cql_server is not None else os.environ[HOSTS_ENV].split(",")
     keyspace = f"lc_test_{secrets.token_hex(4)}"
@@ -103,7 +103,7 @@ def cql(cql_server: CassandraServer | None) -> Iterator[CqlTarget]:
 
 
 async def drop_keyspace(hosts: list[str], keyspace: str) -> None:
-    from livecomments.store.scylla import _make_cluster, consistency_level, parse_hosts
+    from adapters.scylla.store import _make_cluster, consistency_level, parse_hosts
 
     def run() -> None:
         cluster = _make_cluster(parse_hosts(hosts), consistency=consistency_level("ONE"), request_timeout_s=60)

@@ -1,22 +1,12 @@
-"""Sans-IO flow-control policies: per-viewer outbound queues, rate limits, flush pacing.
+"""Sans-IO fan-out pressure: per-viewer outbound queues, flush pacing, the tier
+controller, the sampler and comment velocity.
 
 Nothing here does I/O or reads a clock; callers pass ``now`` (seconds, any monotonic
-origin). The Trio shells in ``rms`` and ``ingest`` wire them to sockets and timers.
+origin). The Trio shells in ``rms`` wire them to sockets and timers.
 """
 
 from backpressure.outbound import OutboundQueue
 from backpressure.pacer import FlushPacer
-from backpressure.rate import Rate, parse_rate
-from backpressure.ratelimit import Decision, InMemoryRateLimiter, RateLimiter
 from backpressure.velocity import Velocity
 
-__all__ = [
-    "Decision",
-    "FlushPacer",
-    "InMemoryRateLimiter",
-    "OutboundQueue",
-    "Rate",
-    "RateLimiter",
-    "Velocity",
-    "parse_rate",
-]
+__all__ = ["FlushPacer", "OutboundQueue", "Velocity"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from domain.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from domain.identity import TokenIssuer
+from domain.model import Comment
+from domain.params import check_video
 from ingest.service import CommentService
-from livecomments.auth import TokenIssuer
-from livecomments.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from livecomments.model import Comment
-from rms.params import check_video
 
 
 def mimetype(content_type: str | None) -> str:

@@ -17,20 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from backpressure.rate import Rate
-from backpressure.ratelimit import RateLimiter
-from ingest.ordering import PublishOrder
-from livecomments.auth import Identity
-from livecomments.bus import Bus
-from livecomments.config import Settings
-from livecomments.errors import Forbidden, NotFound, RateLimited, Unavailable, Unprocessable
-from livecomments.ids import SnowflakeGenerator
-from livecomments.model import Author, Comment, Reaction, Removal
-from livecomments.store.base import Store, StoreUnavailable
+from domain.errors import Forbidden, NotFound, RateLimited, Unavailable, Unprocessable
+from domain.identity import Identity
+from domain.ids import SnowflakeGenerator
+from domain.model import Author, Comment, Reaction, Removal
+from domain.ports import Bus, Store, StoreUnavailable
+from domain.settings import Settings
+from policy.ordering import PublishOrder
+from policy.rate import Rate
+from policy.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from ingest.moderation import ModerationService
-    from livecomments.moderation.pipeline import ModerationQueue
+    from ingest.moderation.automod import ModerationQueue
+    from ingest.moderation.bans import ModerationService
 
 log = logging.getLogger("livecomments.ingest")
 

@@ -12,7 +12,7 @@ from livecomments import config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from livecomments.node import configure_logging, raise_nofile_limit, serve
+    from livecomments.serve import configure_logging, raise_nofile_limit, serve
 
     settings = config.load(args)
     configure_logging(settings.log_level)
@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from livecomments.auth import ROLES, TokenIssuer, signing_key
+    from domain.identity import ROLES, TokenIssuer, signing_key
 
     settings = config.load(args)
     roles = tuple(args.role or ("viewer",))
@@ -37,9 +37,9 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _role(args: argparse.Namespace) -> int:
-    """``livecomments ingest | rms | persist | moderate``: one process of a cluster (livecomments.roles)."""
-    from livecomments import roles
-    from livecomments.node import configure_logging, raise_nofile_limit
+    """``livecomments ingest | rms | persist | moderate``: one process of a cluster (livecomments.cluster_nodes)."""
+    from livecomments import cluster_nodes as roles
+    from livecomments.serve import configure_logging, raise_nofile_limit
 
     settings = config.load(args, **roles.CLUSTER_DEFAULTS)
     if not settings.redis_url:
@@ -65,7 +65,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _db(args: argparse.Namespace) -> int:
     try:
-        from livecomments.store.scylla import migrate
+        from adapters.scylla.store import migrate
     except ImportError:
         print("livecomments db migrate: the CQL store is not available", file=sys.stderr)
         return 2

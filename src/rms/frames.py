@@ -20,7 +20,7 @@ from typing import Any
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from livecomments.model import Comment
+from domain.model import Comment
 
 
 class Encoding(enum.IntEnum):

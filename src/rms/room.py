@@ -21,10 +21,9 @@ from backpressure.pacer import FlushPacer
 from backpressure.sampler import Candidate, Sampler
 from backpressure.tiers import Mode, Thresholds, TierController
 from backpressure.velocity import Velocity
-from livecomments.bus import Bus, BusEvent
-from livecomments.config import Settings
-from livecomments.model import Comment, ModeChange, Reaction, Removal
-from livecomments.store.base import Store
+from domain.model import Comment, ModeChange, Reaction, Removal
+from domain.ports import Bus, BusEvent, Store
+from domain.settings import Settings
 from ringbuf import Ring, TooOld
 from rms.frames import Encoding, Entry, control, heartbeat, join, wrap
 from rms.viewer import Viewer

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from livecomments.redis.client import Keys, open_redis
+from adapters.redis.client import Keys, open_redis
 
 _ids = itertools.count()
 

@@ -23,7 +23,7 @@ import attrs
 import httpx
 import trio
 
-from livecomments.auth import TokenIssuer
+from domain.identity import TokenIssuer
 
 SECRET = "cluster-test-secret-0123456789abcdef"
 

@@ -10,20 +10,20 @@ from typing import Any
 import pytest
 import trio
 
-from backpressure.rate import Rate
-from backpressure.ratelimit import InMemoryRateLimiter
+from adapters.redis.bus import RedisBus, encode
+from adapters.redis.client import Keys, open_redis
+from adapters.redis.hotstore import ClusterStore, HotStore, LateComment
+from adapters.redis.persist import PersistWorker
+from adapters.redis.presence import Presence
+from adapters.redis.ratelimit import RedisRateLimiter
+from adapters.sqlite.store import SqliteStore
 from backpressure.tiers import Thresholds, TierController
-from livecomments.errors import Unavailable
-from livecomments.ids import SnowflakeGenerator
-from livecomments.model import Author, Comment, Removal
-from livecomments.persist import PersistWorker
-from livecomments.redis.bus import RedisBus, encode
-from livecomments.redis.client import Keys, open_redis
-from livecomments.redis.hotstore import ClusterStore, HotStore, LateComment
-from livecomments.redis.presence import Presence
-from livecomments.redis.ratelimit import RedisRateLimiter
-from livecomments.store.base import StoreUnavailable
-from livecomments.store.sqlite import SqliteStore
+from domain.errors import Unavailable
+from domain.ids import SnowflakeGenerator
+from domain.model import Author, Comment, Removal
+from domain.ports import StoreUnavailable
+from policy.rate import Rate
+from policy.ratelimit import InMemoryRateLimiter
 from tests.cluster.conftest import RedisServer, free_port
 
 WORKER = SnowflakeGenerator(7)

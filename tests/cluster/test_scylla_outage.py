@@ -30,15 +30,15 @@ import httpx
 import pytest
 import trio
 
+from adapters.redis.client import Keys
+from adapters.redis.hotstore import HotStore
+from adapters.redis.presence import Presence
+from adapters.scylla.store import ScyllaStore, _make_cluster, consistency_level, parse_hosts, shard_for
+from domain.ids import SnowflakeGenerator
+from domain.model import Author, Comment
+from domain.ports import StoreUnavailable
 from livecomments import config
-from livecomments.ids import SnowflakeGenerator
-from livecomments.model import Author, Comment
-from livecomments.redis.client import Keys
-from livecomments.redis.hotstore import HotStore
-from livecomments.redis.presence import Presence
-from livecomments.roles import run_persist
-from livecomments.store.base import StoreUnavailable
-from livecomments.store.scylla import ScyllaStore, _make_cluster, consistency_level, parse_hosts, shard_for
+from livecomments.cluster_nodes import run_persist
 from tests.cluster.conftest import RedisServer
 from tests.cluster.harness import ClusterProcess, Poster, wait_for
 from tests.conftest import CqlTarget, drop_keyspace

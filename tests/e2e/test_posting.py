@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from livecomments.auth import TokenIssuer
+from domain.identity import TokenIssuer
 from tests.e2e.helpers import assert_error, fresh_user, post
 from tests.support.server import ServerProcess
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from livecomments.model import Comment
-from livecomments.moderation.rules import Verdict
+from domain.model import Comment
+from ingest.moderation.rules import Verdict
 
 MARKER = "classifier-bait"
 

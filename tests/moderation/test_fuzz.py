@@ -13,10 +13,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from livecomments.config import Settings
-from livecomments.openapi import openapi
+from domain.settings import Settings
 from tests.moderation.clients import fresh_user, history, ids, long_poll, post, snapshot, sse, ws
 from tests.support.server import ServerProcess
+from transport.openapi import openapi
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +181,11 @@ def test_every_moderation_route_is_described() -> None:
     """The routes the app serves and the description agree, method by method."""
     import re
 
-    from backpressure.ratelimit import InMemoryRateLimiter
-    from livecomments.app import create_app
-    from livecomments.auth import TokenIssuer
-    from livecomments.metrics import Metrics
-    from livecomments.services import Services
+    from domain.identity import TokenIssuer
+    from domain.metrics import Metrics
+    from policy.ratelimit import InMemoryRateLimiter
+    from transport.app import create_app
+    from transport.services import Services
 
     svc = Services(settings=Settings(), issuer=TokenIssuer("k"), metrics=Metrics(), store=None, limiter=InMemoryRateLimiter())  # type: ignore[arg-type]
     app = create_app(svc)

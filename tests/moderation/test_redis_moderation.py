@@ -16,15 +16,15 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
-from ingest.moderation import ModerationService
-from livecomments.auth import Identity
-from livecomments.errors import Forbidden
-from livecomments.model import Author, Comment
-from livecomments.moderation.pipeline import Automod, ModerationMetrics
-from livecomments.moderation.rules import Limits, Rules, RuleSet
-from livecomments.redis.client import Keys, open_redis
-from livecomments.redis.moderation import RedisModerationQueue, RedisModerationSource, RedisModerationStore
-from livecomments.store.moderation import GLOBAL
+from adapters.redis.client import Keys, open_redis
+from adapters.redis.moderation import RedisModerationQueue, RedisModerationSource, RedisModerationStore
+from domain.errors import Forbidden
+from domain.identity import Identity
+from domain.model import Author, Comment
+from domain.moderation import GLOBAL
+from ingest.moderation.automod import Automod, ModerationMetrics
+from ingest.moderation.bans import ModerationService
+from ingest.moderation.rules import Limits, Rules, RuleSet
 
 
 def _free_port() -> int:

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backpressure.rate import Rate
-from backpressure.ratelimit import InMemoryRateLimiter
-from livecomments.model import Author, Comment
-from livecomments.moderation.classifier import load_classifier
-from livecomments.moderation.rules import Limits, Rules, RuleSet, Verdict, has_link, normalise
+from domain.model import Author, Comment
+from ingest.moderation.classifier import load_classifier
+from ingest.moderation.rules import Limits, Rules, RuleSet, Verdict, has_link, normalise
+from policy.rate import Rate
+from policy.ratelimit import InMemoryRateLimiter
 
 _ids = iter(range(1, 10**9))
 

@@ -18,11 +18,11 @@ from typing import Any
 import attrs
 import pytest
 
-from livecomments.ids import SnowflakeGenerator
-from livecomments.model import Author, Comment
-from livecomments.store.base import Store
-from livecomments.store.scylla import ScyllaStore
-from livecomments.store.sqlite import SqliteStore
+from adapters.scylla.store import ScyllaStore
+from adapters.sqlite.store import SqliteStore
+from domain.ids import SnowflakeGenerator
+from domain.model import Author, Comment
+from domain.ports import Store
 from tests.conftest import HOSTS_ENV, CqlTarget, drop_keyspace
 
 # Re-exported: the store tests import these from here.

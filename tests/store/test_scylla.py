@@ -14,10 +14,7 @@ import trio.lowlevel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livecomments.ids import SnowflakeGenerator
-from livecomments.model import Author, Comment
-from livecomments.store.base import StoreUnavailable
-from livecomments.store.scylla import (
+from adapters.scylla.store import (
     HotVideos,
     ScyllaStore,
     ShardingThresholds,
@@ -31,6 +28,9 @@ from livecomments.store.scylla import (
     shard_for,
     split_statements,
 )
+from domain.ids import SnowflakeGenerator
+from domain.model import Author, Comment
+from domain.ports import StoreUnavailable
 from tests.store.conftest import TEST_BUCKET_S, Comments, CqlTarget, drop_keyspace
 
 # -- the sharding switch (pure) ------------------------------------------------------------

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from livecomments.model import Comment
-from livecomments.store.base import Store
+from domain.model import Comment
+from domain.ports import Store
 from tests.store.conftest import Backend, Comments
 
 

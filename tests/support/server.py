@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Iterable
 
-from livecomments.auth import TokenIssuer, signing_key
+from domain.identity import TokenIssuer, signing_key
 
 URL_RE = re.compile(r"serving (http://[^\s/]+)/watch/")
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livecomments.auth import KEY_FILE, ROLES, Identity, TokenIssuer, new_guest_id, signing_key
-from livecomments.errors import Unauthorized
+from domain.errors import Unauthorized
+from domain.identity import KEY_FILE, ROLES, Identity, TokenIssuer, new_guest_id, signing_key
 
 KEY = "k" * 64
 ISSUER = TokenIssuer(KEY)
@@ -216,7 +216,7 @@ def test_a_remembered_token_still_expires() -> None:
 
 
 def test_remembered_tokens_are_bounded() -> None:
-    from livecomments import auth
+    from domain import identity as auth
 
     issuer = TokenIssuer(KEY)
     tokens = [issuer.issue(f"u{i}", "n") for i in range(auth.VERIFIED_MAX + 10)]

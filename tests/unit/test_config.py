@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livecomments.config import Settings, add_flags, env_name, load
+from domain.settings import Settings
+from livecomments.config import add_flags, env_name, load
 
 FIELDS = {f.name: f for f in attrs.fields(Settings)}
 

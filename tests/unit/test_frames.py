@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from livecomments.model import Author, Comment
+from domain.model import Author, Comment
 from rms.frames import (
     HEARTBEAT_SSE,
     Encoding,

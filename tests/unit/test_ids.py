@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from livecomments.ids import (
+from domain.ids import (
     EPOCH_MS,
     MAX_SEQUENCE,
     MAX_WORKER,

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.errors import Unprocessable
 from ingest.service import ALLOWED_FORMAT, CLIENT_ID_MAX, clean_client_id, clean_text
-from livecomments.errors import Unprocessable
 
 
 def refused(code: str) -> pytest.RaisesExc[Unprocessable]:

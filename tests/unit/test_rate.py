@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from backpressure.rate import EPS, Events, Rate, parse_rate
+from policy.rate import EPS, Events, Rate, parse_rate
 
 # Times as the shells pass them: trio.current_time() starts at a large random offset.
 times = st.floats(0.0, 2e5, allow_nan=False, allow_infinity=False)

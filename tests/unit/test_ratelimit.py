@@ -7,8 +7,8 @@ from collections import OrderedDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backpressure.rate import EPS, Events, Rate
-from backpressure.ratelimit import Decision, InMemoryRateLimiter
+from policy.rate import EPS, Events, Rate
+from policy.ratelimit import Decision, InMemoryRateLimiter
 
 RULE = Rate(3, 6.0)  # 3 per 6 s
 SLOW = Rate(1, 4.0)  # slow mode: one per 4 s

@@ -1,0 +1,465 @@
+"""The cluster bus: Redis pub/sub, one channel per video, with per-video ordering.
+
+An rms node subscribes to a video's channel while it has a room for the video (the room
+subscribes when it opens and unsubscribes when it closes), so Redis only sends a node
+the videos its viewers watch.
+
+Ordering. Comment ids are Snowflakes from several ingest processes, so Redis can accept
+(and publish) id 1005 from one worker before id 1003 from another. A node must never
+deliver a lower id after a higher one within a video: a viewer who saw 1005 and resumes
+with ``Last-Event-ID: 1005`` would never get 1003. Two rules make that hold:
+
+- ingest side (``hotstore.APPEND``): Redis accepts a comment only if its id's time is
+  within ``window_ms`` of Redis' own clock (otherwise 503, retry with a new id). So once
+  Redis' clock passes ``t + window_ms``, no comment with a time below ``t`` can appear;
+- rms side (``ReorderBuffer`` here): comments are held until the node's clock passes
+  their id's time + ``hold_ms`` (``window_ms`` plus a margin for pub/sub delay and clock
+  skew between the hosts), then released to the rooms in id order.
+
+A room also reads comments from the store (its seed, replays older than its ring). Each
+video channel has a cursor: the store gives rooms the comments up to it
+(``read_bound``, used by ``ClusterStore``), the buffer everything after it. When the
+node starts listening to a video, the cursor is set a little in the past and the hot
+store's comments after it are fed into the buffer (what was published before the
+SUBSCRIBE took effect); from then on the cursor follows the last released id. So the
+two paths never interleave out of order, and duplicates are dropped by id.
+
+The price is ``hold_ms`` of added broadcast latency (350 ms by default; the seed's budget
+is 2 s). A comment that still arrives after a higher id was released (only if the
+clocks drift apart by more than the margin) is delivered anyway and counted in
+``livecomments_bus_late_comments``.
+
+Redis restarts. The subscriber connection is ours: when it breaks, the bus reconnects
+with jittered backoff, resubscribes every channel, and backfills each video from the
+hot store (everything after the last id it released) and the removals recorded since
+the outage began; the backfill goes through the same buffer, so order and de-duplication
+hold across the outage.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from domain.errors import Unavailable
+from domain.ids import lowest_id_at, snowflake_ms
+from domain.model import Comment, ModeChange, Reaction, Removal
+from domain.ports import BusEvent, Handler, StoreUnavailable
+
+log = logging.getLogger("adapters.memory")
+
+SEEN_KEPT = 4096  # ids released per video remembered for de-duplication
+SUBSCRIBE_CHUNK = 256
+SUBSCRIBE_TIMEOUT_S = 3.0
+JOIN_SLACK_MS = 1000
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, trio.TooSlowError)
+READ_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, StoreUnavailable)
+
+
+def encode(event: BusEvent) -> str:
+    if isinstance(event, Comment):
+        return json.dumps({"t": "c", "c": event.to_record()}, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(event, Removal):
+        d: dict[str, Any] = {"t": "r", "v": event.video_id, "id": str(event.comment_id)}
+        if event.shadow:
+            d.update(s=True, a=event.author_id)
+        return json.dumps(d)
+    if isinstance(event, Reaction):
+        return json.dumps({"t": "x", "v": event.video_id, "id": str(event.comment_id)})
+    return json.dumps({"t": "m", "v": event.video_id, "mode": event.mode})
+
+
+def decode(data: bytes | str) -> BusEvent | None:
+    try:
+        d = json.loads(data)
+        kind = d["t"]
+        if kind == "c":
+            return Comment.from_record(d["c"])
+        if kind == "r":
+            return Removal(d["v"], int(d["id"]), d.get("a"), bool(d.get("s", False)))
+        if kind == "x":
+            return Reaction(d["v"], int(d["id"]))
+        if kind == "m":
+            return ModeChange(d["v"], str(d["mode"]))
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("dropping a malformed bus message: %s", e)
+    return None
+
+
+@attrs.define
+class _Channel:
+    """A video this node listens to. Comments with ids up to ``cursor`` reach its rooms
+    from the store (their seed); everything after it comes through the buffer."""
+
+    video_id: str
+    cursor: int
+    handlers: list[Handler] = attrs.field(factory=list)
+    held: dict[int, Comment] = attrs.field(factory=dict)  # id -> comment, waiting for release
+    seen: set[int] = attrs.field(factory=set)
+    seen_order: deque[int] = attrs.field(factory=deque)
+    last_released: int | None = None
+
+    def read_from(self) -> int:
+        """Rooms read the store up to here; the buffer brings what comes after."""
+        return self.cursor if self.last_released is None else max(self.cursor, self.last_released)
+
+    def remember(self, comment_id: int) -> None:
+        self.seen.add(comment_id)
+        self.seen_order.append(comment_id)
+        if len(self.seen_order) > SEEN_KEPT:
+            self.seen.discard(self.seen_order.popleft())
+
+
+class ReorderBuffer:
+    """Per-video hold-and-release in id order (sans-IO: the caller passes the time)."""
+
+    def __init__(self, hold_ms: int) -> None:
+        self.hold_ms = hold_ms
+        self.channels: dict[str, _Channel] = {}
+        self._heap: list[tuple[int, int, str]] = []  # (release at ms, id, video)
+        self.late = 0
+
+    def add(self, video_id: str, comment: Comment) -> bool:
+        """Hold a comment; False if it is a duplicate or nobody listens to the video."""
+        ch = self.channels.get(video_id)
+        if ch is None or comment.id in ch.held or comment.id in ch.seen:
+            return False
+        ch.held[comment.id] = comment
+        heapq.heappush(self._heap, (snowflake_ms(comment.id) + self.hold_ms, comment.id, video_id))
+        return True
+
+    def drop(self, video_id: str, comment_id: int) -> None:
+        """A removal: a comment still held is never released."""
+        ch = self.channels.get(video_id)
+        if ch is not None and ch.held.pop(comment_id, None) is not None:
+            ch.remember(comment_id)
+
+    def next_release_ms(self) -> int | None:
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now_ms: int) -> list[tuple[_Channel, Comment]]:
+        """Comments whose hold is over, in (time, id) order: per video, id order."""
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            _, cid, video_id = heapq.heappop(heap)
+            ch = self.channels.get(video_id)
+            if ch is None:
+                continue
+            comment = ch.held.pop(cid, None)
+            if comment is None:
+                continue
+            if ch.last_released is not None and cid < ch.last_released:
+                self.late += 1
+            else:
+                ch.last_released = cid
+            ch.remember(cid)
+            out.append((ch, comment))
+        return out
+
+
+Backfill = Callable[[str, int, int], Awaitable[list[Comment]]]
+RemovedSince = Callable[[str, int], Awaitable[list[Removal]]]
+GapHook = Callable[[str, int, int], None]
+
+
+class RedisBus:
+    """The ``Bus`` protocol over Redis pub/sub. ``run`` owns the subscriber connection.
+
+    ``publish_comments=False`` (ingest with the hot store): comments are published by the
+    hot store's append script, atomically with the write, so ``publish`` skips them.
+    ``recent(video, after_id, limit)`` reads the hot store for joining and backfill;
+    ``removed_since(video, ms)`` the tombstones; ``on_gap(video, first_id, missed)`` is
+    told when a backfill had to give up on more than ``backfill_max`` comments.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        hold_ms: int = 350,
+        publish_comments: bool = True,
+        recent: Backfill | None = None,
+        removed_since: RemovedSince | None = None,
+        backfill_max: int = 10_000,
+        on_gap: GapHook | None = None,
+        metrics: Any = None,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.buffer = ReorderBuffer(hold_ms)
+        self.publish_comments = publish_comments
+        self.recent = recent
+        self.removed_since = removed_since
+        self.backfill_max = backfill_max
+        self.on_gap = on_gap
+        self.wall_ms = wall_ms
+        self.connected = False
+        self.reconnects = 0
+        self.backfilled = 0  # comments fed to rooms by backfills after reconnections
+        self._ps: Any = None
+        self._conn_scope: trio.CancelScope | None = None
+        self._forced = False
+        self._down_since_ms: int | None = None  # set while the subscriber is disconnected
+        self._delay = 0.1
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._up = trio.Event()
+        self._metrics = _BusMetrics(metrics, self) if metrics is not None else None
+
+    # -- the Bus protocol -----------------------------------------------------------------
+
+    async def publish(self, video_id: str, event: BusEvent) -> None:
+        if isinstance(event, Comment) and not self.publish_comments:
+            return
+        try:
+            await self.redis.publish(self.keys.channel(video_id), encode(event))
+        except REDIS_ERRORS as e:
+            raise Unavailable(f"the bus is unavailable: {e}") from None
+
+    async def subscribe(self, video_id: str, handler: Handler) -> None:
+        ch = self.buffer.channels.get(video_id)
+        if ch is not None:
+            ch.handlers.append(handler)
+            return
+        cursor = lowest_id_at(self.wall_ms() - self.buffer.hold_ms - JOIN_SLACK_MS)
+        ch = self.buffer.channels[video_id] = _Channel(video_id, cursor, [handler])
+        ps = self._ps
+        if ps is None:
+            return  # not connected: the reconnect subscribes and backfills it
+        try:
+            with trio.fail_after(SUBSCRIBE_TIMEOUT_S):
+                await ps.subscribe(self.keys.channel(video_id))
+        except CONNECTION_ERRORS as e:
+            # The connection may look alive but is not serving us: start a fresh one, which
+            # subscribes every channel and backfills.
+            log.warning("bus: subscribing %s failed (%s); reconnecting", video_id, e)
+            self._restart_connection()
+            return
+        # What was accepted after the channel's cursor before we listened: through the buffer.
+        await self._feed(ch, ch.cursor)
+
+    async def unsubscribe(self, video_id: str, handler: Handler) -> None:
+        ch = self.buffer.channels.get(video_id)
+        if ch is None or handler not in ch.handlers:
+            return
+        ch.handlers.remove(handler)
+        if ch.handlers:
+            return
+        del self.buffer.channels[video_id]
+        ps = self._ps
+        if ps is not None:
+            try:
+                with trio.move_on_after(SUBSCRIBE_TIMEOUT_S):
+                    await ps.unsubscribe(self.keys.channel(video_id))
+            except REDIS_ERRORS:
+                pass
+
+    def channels(self) -> int:
+        return len(self.buffer.channels)
+
+    def _restart_connection(self) -> None:
+        if self._conn_scope is not None:
+            self._forced = True
+            self._conn_scope.cancel()
+
+    def read_bound(self, video_id: str) -> int:
+        """Store reads for a room (``ClusterStore.latest``/``after``) return ids below
+        this: the rest reaches the room through the buffer, in id order."""
+        ch = self.buffer.channels.get(video_id)
+        if ch is None:
+            return lowest_id_at(self.wall_ms() - self.buffer.hold_ms - JOIN_SLACK_MS)
+        return ch.read_from() + 1
+
+    async def wait_connected(self) -> None:
+        await self._up.wait()
+
+    # -- the tasks -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the subscriber connection up and release held comments, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._release_loop)
+            nursery.start_soon(self._connection_loop)
+            task_status.started()
+
+    async def _connection_loop(self) -> None:
+        while True:
+            try:
+                with trio.CancelScope() as self._conn_scope:
+                    await self._listen()
+                if self._forced:  # _restart_connection: treat as an outage from now
+                    self._forced = False
+                    self._down_since_ms = self._down_since_ms or self.wall_ms()
+            except* CONNECTION_ERRORS as group:
+                err: BaseException = group
+                while isinstance(err, BaseExceptionGroup) and err.exceptions:
+                    err = err.exceptions[0]
+                if self._down_since_ms is None:
+                    self._down_since_ms = self.wall_ms()
+                    log.warning("bus: lost the Redis subscriber connection (%s); reconnecting", err)
+            finally:
+                self._ps = None
+                self._conn_scope = None
+                self.connected = False
+                self._up = trio.Event() if self._up.is_set() else self._up
+            await trio.sleep(self._delay * (0.5 + random.random()))
+            self._delay = min(self._delay * 2, 2.0)
+
+    async def _listen(self) -> None:
+        """One subscriber connection: subscribe every channel, backfill if this is a
+        reconnection, then dispatch messages until the connection fails."""
+        async with self.redis.pubsub(retry_policy=None, ignore_subscribe_messages=True) as ps:
+            self._ps = ps
+            videos = list(self.buffer.channels)
+            for i in range(0, len(videos), SUBSCRIBE_CHUNK):
+                chunk = [self.keys.channel(v) for v in videos[i : i + SUBSCRIBE_CHUNK]]
+                with trio.fail_after(SUBSCRIBE_TIMEOUT_S):
+                    await ps.subscribe(*chunk)
+            self.connected = True
+            self._up.set()
+            self._delay = 0.1
+            if self._down_since_ms is not None:
+                self.reconnects += 1
+                log.info("bus: reconnected to Redis, resubscribed %d channel(s); backfilling", len(videos))
+                assert self._nursery is not None
+                self._nursery.start_soon(self._backfill_all, videos, self._down_since_ms)
+                self._down_since_ms = None
+            while True:
+                msg = await ps.get_message()
+                if msg is not None and msg["type"] == "message":
+                    self._dispatch(msg["channel"], msg["data"])
+
+    def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        video_id = self.keys.channel_video(name)
+        if video_id is None:
+            return
+        event = decode(data)
+        if event is None:
+            return
+        ch = self.buffer.channels.get(video_id)
+        if ch is None:
+            return
+        if isinstance(event, Comment):
+            if self.buffer.add(video_id, event):
+                self._wake.set()
+            return
+        if isinstance(event, Removal):
+            self.buffer.drop(video_id, event.comment_id)
+        for handler in list(ch.handlers):
+            handler(event)
+
+    async def _release_loop(self) -> None:
+        while True:
+            due_ms = self.buffer.next_release_ms()
+            if due_ms is None:
+                await self._wake.wait()
+            else:
+                wait_s = (due_ms - self.wall_ms()) / 1000
+                if wait_s > 0:
+                    with trio.move_on_after(wait_s):
+                        await self._wake.wait()
+            self._wake = trio.Event()
+            late_before = self.buffer.late
+            for ch, comment in self.buffer.due(self.wall_ms()):
+                for handler in list(ch.handlers):
+                    handler(comment)
+            if self.buffer.late != late_before:
+                log.warning("bus: %d comment(s) arrived after a higher id was released", self.buffer.late - late_before)
+
+    # -- joining and backfill ---------------------------------------------------------------
+
+    async def _feed(self, ch: _Channel, after_id: int) -> int:
+        """Put the hot store's comments after ``after_id`` into the buffer; returns how
+        many it did not have yet. Beyond ``backfill_max`` only the newest are kept (and the rooms
+        are told about the gap)."""
+        if self.recent is None:
+            return 0
+        page = 1000
+        kept: deque[Comment] = deque(maxlen=self.backfill_max)
+        total = 0
+        cursor = after_id
+        try:
+            while True:
+                got = await self.recent(ch.video_id, cursor, page)
+                kept.extend(got)
+                total += len(got)
+                if len(got) < page:
+                    break
+                cursor = got[-1].id
+        except READ_ERRORS as e:
+            log.warning("bus: could not read recent comments of %s: %s", ch.video_id, e)
+            return 0
+        if self.buffer.channels.get(ch.video_id) is not ch:
+            return 0  # the room left meanwhile
+        if total > len(kept) and kept:
+            log.warning("bus: %s: %d comment(s) too many to backfill live; skipped", ch.video_id, total - len(kept))
+            if self.on_gap is not None:
+                self.on_gap(ch.video_id, kept[0].id, total - len(kept))
+        added = 0
+        for c in kept:
+            added += self.buffer.add(ch.video_id, c)
+        if added:
+            self._wake.set()
+        return added
+
+    async def _backfill_all(self, videos: list[str], down_since_ms: int) -> None:
+        for video_id in videos:
+            ch = self.buffer.channels.get(video_id)
+            if ch is None:
+                continue
+            n = await self._feed(ch, ch.read_from())
+            self.backfilled += n
+            removed: list[Removal] = []
+            if self.removed_since is not None:
+                try:
+                    removed = await self.removed_since(video_id, down_since_ms - 1000)
+                except REDIS_ERRORS as e:
+                    log.warning("bus: could not read removals of %s: %s", video_id, e)
+            for removal in removed:
+                self.buffer.drop(video_id, removal.comment_id)
+                for handler in list(ch.handlers):
+                    handler(removal)
+            if n or removed:
+                log.info("bus: backfilled %s: %d comment(s), %d removal(s)", video_id, n, len(removed))
+
+
+class _BusMetrics:
+    """Gauges read at scrape time (nothing on the hot path)."""
+
+    def __init__(self, metrics: Any, bus: RedisBus) -> None:
+        from prometheus_client import Gauge
+
+        reg = metrics.registry
+        Gauge("livecomments_bus_connected", "1 while the Redis subscriber connection is up", registry=reg).set_function(
+            lambda: 1.0 if bus.connected else 0.0
+        )
+        Gauge("livecomments_bus_reconnects", "Redis subscriber reconnections", registry=reg).set_function(
+            lambda: float(bus.reconnects)
+        )
+        Gauge(
+            "livecomments_bus_backfilled_comments", "Comments read back after resubscribing", registry=reg
+        ).set_function(lambda: float(bus.backfilled))
+        Gauge("livecomments_bus_channels", "Video channels subscribed", registry=reg).set_function(
+            lambda: float(len(bus.buffer.channels))
+        )
+        Gauge("livecomments_bus_held_comments", "Comments held for in-order release", registry=reg).set_function(
+            lambda: float(len(bus.buffer._heap))
+        )
+        Gauge(
+            "livecomments_bus_late_comments", "Comments that arrived after a higher id was released", registry=reg
+        ).set_function(lambda: float(bus.buffer.late))

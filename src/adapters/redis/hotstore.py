@@ -1,0 +1,421 @@
+"""The Redis hot store, and the cluster's ``Store``: recent reads from Redis, history from cold.
+
+Per video (keys in ``client.Keys``):
+
+- ``recent``: a sorted set of the newest ``hot_size`` comments. Every score is 0 and each
+  member is the comment id as 19 zero-padded digits, ``:``, then the comment's record as
+  JSON, so members sort by id and ``ZRANGE ... BYLEX`` answers "after id X" and "before
+  id X" exactly (scores are doubles and cannot hold a 63-bit id).
+- ``meta.floor``: every comment with an id above the floor is in ``recent``. Set when the
+  set is created (the first comment's id - 1) and raised when trimming drops members.
+  A cursor at or above the floor is answered from Redis alone; below it, the cold store
+  is merged in.
+- ``removed``: tombstones (id scored by removal time), so that merged cold reads and the
+  bus's backfill after a Redis outage honour deletions the cold store has not seen yet.
+- ``rate``: comments accepted per second (the stats endpoint's ``comments_per_s``).
+- stream ``{n}:stream``: every accepted comment and every removal, in order, for the
+  ``persist`` worker to write to the cold store (Scylla, or SQLite in a local cluster).
+
+``append`` is one Lua script: it checks the id's time against Redis' clock (the reorder
+window, see ``bus``), adds to ``recent`` and trims it, appends to the stream, counts the
+rate and publishes the comment on the video's channel, atomically. So a comment is on
+the bus exactly when it is readable from the hot store, and in the order Redis accepted
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from coredis import PureToken
+
+from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from domain.ids import snowflake_ms
+from domain.model import Comment, Removal
+from domain.ports import Store, StoreUnavailable
+
+log = logging.getLogger("livecomments.hotstore")
+
+PAD = 19  # digits of the largest 63-bit id
+
+
+def pad(comment_id: int) -> str:
+    return f"{comment_id:0{PAD}d}"
+
+
+def member(comment: Comment) -> str:
+    return pad(comment.id) + ":" + record_json(comment)
+
+
+def record_json(comment: Comment) -> str:
+    return json.dumps(comment.to_record(), ensure_ascii=False, separators=(",", ":"))
+
+
+def from_member(m: bytes | str) -> Comment:
+    text = m.decode() if isinstance(m, bytes) else m
+    return Comment.from_record(json.loads(text[PAD + 1 :]))
+
+
+def comment_payload(comment: Comment) -> str:
+    """What the bus carries for a comment (``bus.decode`` reads it)."""
+    return '{"t":"c","c":' + record_json(comment) + "}"
+
+
+def visible(c: Comment, viewer_id: str | None) -> bool:
+    return not c.shadow or (viewer_id is not None and c.author.id == viewer_id)
+
+
+class LateComment(StoreUnavailable):
+    """Redis refused the comment: its id's time is outside the reorder window."""
+
+
+# KEYS: recent, meta, stream, rate
+# ARGV: member, padded id, id - 1 (padded), id's ms, window ms, hot size, ttl s,
+#       channel, payload, video, record
+APPEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id_ms = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+if id_ms < now - window or id_ms > now + window then
+  return {0, now}
+end
+local p = ARGV[2]
+if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. p .. ':', '(' .. p .. ';', 'LIMIT', 0, 1) > 0 then
+  return {2, now}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local floor = redis.call('HGET', KEYS[2], 'floor')
+  if not floor or floor < ARGV[3] then
+    redis.call('HSET', KEYS[2], 'floor', ARGV[3])
+  end
+end
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+local n = redis.call('ZCARD', KEYS[1])
+local size = tonumber(ARGV[6])
+if n > size then
+  local gone = redis.call('ZRANGE', KEYS[1], 0, n - size - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - size - 1)
+  local top = string.sub(gone[#gone], 1, 19)
+  local floor = redis.call('HGET', KEYS[2], 'floor')
+  if not floor or floor < top then
+    redis.call('HSET', KEYS[2], 'floor', top)
+  end
+end
+local ttl = tonumber(ARGV[7])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('XADD', KEYS[3], '*', 'k', 'c', 'v', ARGV[10], 'r', ARGV[11])
+local sec = math.floor(now / 1000)
+redis.call('HINCRBY', KEYS[4], sec, 1)
+redis.call('HDEL', KEYS[4], sec - 12)
+redis.call('EXPIRE', KEYS[4], 15)
+redis.call('PUBLISH', ARGV[8], ARGV[9])
+return {1, now}
+"""
+
+# KEYS: recent, tombstones, stream ; ARGV: padded id, id, video, tombstones kept, ttl s
+# A tombstone is the id, or "id:author" for a shadowed comment (whose removal only its
+# author may hear of).
+REMOVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local p = ARGV[1]
+local m = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. p .. ':', '(' .. p .. ';', 'LIMIT', 0, 1)
+local tomb = ARGV[2]
+if #m > 0 then
+  local rec = cjson.decode(string.sub(m[1], 21))
+  if rec['shadow'] then
+    tomb = ARGV[2] .. ':' .. rec['author']['id']
+  end
+end
+redis.call('ZADD', KEYS[2], now, tomb)
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[4]) - 1)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if #m == 0 then
+  return 0
+end
+redis.call('ZREM', KEYS[1], m[1])
+redis.call('XADD', KEYS[3], '*', 'k', 'r', 'v', ARGV[3], 'id', ARGV[2])
+return 1
+"""
+
+
+def _tombstone(video_id: str, raw: bytes | str) -> Removal:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    cid, _, author = text.partition(":")
+    return Removal(video_id, int(cid), author or None, bool(author))
+
+
+class HotStore:
+    """Redis operations on the hot data of videos (no cold-store logic here)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        hot_size: int = 1000,
+        ttl_s: int = 86400,
+        window_ms: int = 250,
+        tombstones: int = 1000,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.hot_size = hot_size
+        self.ttl_s = ttl_s
+        self.window_ms = window_ms
+        self.tombstones_kept = tombstones
+        self._append = redis.register_script(APPEND)
+        self._remove = redis.register_script(REMOVE)
+
+    async def append(self, comment: Comment) -> bool:
+        """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
+        when its id's time is more than the window away from Redis' clock."""
+        k, v = self.keys, comment.video_id
+        record = record_json(comment)
+        res = await self._append(
+            keys=[k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)],
+            args=[
+                pad(comment.id) + ":" + record,
+                pad(comment.id),
+                pad(comment.id - 1),
+                snowflake_ms(comment.id),
+                self.window_ms,
+                self.hot_size,
+                self.ttl_s,
+                k.channel(v),
+                '{"t":"c","c":' + record + "}",
+                v,
+                record,
+            ],
+        )
+        status = int(res[0])
+        if status == 0:
+            skew = snowflake_ms(comment.id) - int(res[1])
+            raise LateComment(f"comment id is {skew:+d} ms from Redis time (window {self.window_ms} ms); retry")
+        return status == 1
+
+    async def remove(self, video_id: str, comment_id: int) -> bool:
+        """Take a comment out of ``recent`` (True if it was there) and record a tombstone;
+        the removal goes down the stream to the cold store."""
+        k = self.keys
+        res = await self._remove(
+            keys=[k.recent(video_id), k.tombstones(video_id), k.stream_of(video_id)],
+            args=[pad(comment_id), str(comment_id), video_id, self.tombstones_kept, self.ttl_s],
+        )
+        return int(res) == 1
+
+    async def get(self, video_id: str, comment_id: int) -> Comment | None:
+        p = pad(comment_id)
+        found = await self.redis.zrange(
+            self.keys.recent(video_id), "[" + p + ":", "(" + p + ";", sortby=PureToken.BYLEX, offset=0, count=1
+        )
+        return from_member(found[0]) if found else None
+
+    async def floor(self, video_id: str) -> int | None:
+        """Every comment above this id is in ``recent``; None: Redis has nothing for the video."""
+        value = await self.redis.hget(self.keys.meta(video_id), "floor")
+        return int(value) if value is not None else None
+
+    async def newest(self, video_id: str, count: int, below: int | None = None) -> list[Comment]:
+        """Up to ``count`` newest comments (ids < ``below`` when given), newest first."""
+        hi = "(" + pad(below) if below is not None else "+"
+        # With REV the range is given high end first.
+        raw = await self.redis.zrange(
+            self.keys.recent(video_id), hi, "-", sortby=PureToken.BYLEX, rev=True, offset=0, count=count
+        )
+        return [from_member(m) for m in raw]
+
+    async def after(self, video_id: str, after_id: int, count: int, below: int | None = None) -> list[Comment]:
+        """Up to ``count`` comments with after_id < id (< ``below``), oldest first."""
+        lo = "[" + pad(after_id + 1)
+        hi = "(" + pad(below) if below is not None else "+"
+        if below is not None and below <= after_id + 1:
+            return []
+        raw = await self.redis.zrange(self.keys.recent(video_id), lo, hi, sortby=PureToken.BYLEX, offset=0, count=count)
+        return [from_member(m) for m in raw]
+
+    async def removed_ids(self, video_id: str) -> set[int]:
+        return {_tombstone(video_id, x).comment_id for x in await self.redis.zrange(self.keys.tombstones(video_id), 0, -1)}
+
+    async def removed_since(self, video_id: str, since_ms: int) -> list[Removal]:
+        raw = await self.redis.zrange(self.keys.tombstones(video_id), since_ms, "+inf", sortby=PureToken.BYSCORE)
+        return [_tombstone(video_id, x) for x in raw]
+
+    async def comments_per_s(self, video_id: str, seconds: int = 5) -> float:
+        """Accepted comments per second over the last ``seconds`` whole seconds."""
+        now = int(time.time())
+        fields = [str(now - i) for i in range(1, seconds + 1)]
+        values = await self.redis.hmget(self.keys.rate(video_id), fields)
+        return sum(int(v) for v in values if v is not None) / seconds
+
+
+def _merge(
+    hot: Iterable[Comment], cold: Iterable[Comment], removed: set[int], descending: bool
+) -> list[Comment]:
+    by_id: dict[int, Comment] = {}
+    for c in cold:
+        if c.id not in removed:
+            by_id[c.id] = c
+    for c in hot:
+        by_id[c.id] = c
+    return sorted(by_id.values(), key=lambda c: c.id, reverse=descending)
+
+
+class ClusterStore:
+    """The ``Store`` of ingest and rms processes in cluster mode.
+
+    Writes go to the hot store only (the ``persist`` worker moves them to ``cold``), so a
+    cold-store outage never blocks posting. Reads come from Redis when it holds
+    everything the question needs (the cursor is at or above the floor) and otherwise
+    merge Redis with the cold store. When Redis is down, reads fall back to the cold
+    store (possibly a little behind), and writes raise ``StoreUnavailable`` (503).
+
+    ``read_bound(video_id)`` (rms processes: ``RedisBus.read_bound``): ``latest`` and
+    ``after`` return only ids below it. The newer ones reach the video's rooms through
+    the bus's reorder buffer, in id order; a room must not also get them from a read.
+    """
+
+    def __init__(self, hot: HotStore, cold: Store, *, read_bound: Callable[[str], int] | None = None) -> None:
+        self.hot = hot
+        self.cold = cold
+        self.read_bound = read_bound
+
+    async def append(self, comment: Comment) -> None:
+        try:
+            await self.hot.append(comment)
+        except StoreUnavailable:
+            raise
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+
+    async def remove(self, video_id: str, comment_id: int) -> bool:
+        try:
+            if await self.hot.remove(video_id, comment_id):
+                return True
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+        # Not in the hot set: an older comment, which only the cold store has.
+        return await self.cold.remove(video_id, comment_id)
+
+    async def get(self, video_id: str, comment_id: int) -> Comment | None:
+        try:
+            found = await self.hot.get(video_id, comment_id)
+            if found is not None:
+                return found
+            if comment_id in await self.hot.removed_ids(video_id):
+                return None
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+        return await self.cold.get(video_id, comment_id)
+
+    async def _hot_desc(self, video_id: str, below: int | None, limit: int, viewer_id: str | None) -> list[Comment]:
+        """Up to ``limit`` visible hot comments below ``below``, newest first."""
+        out: list[Comment] = []
+        while len(out) < limit:
+            want = limit - len(out) + 16
+            page = await self.hot.newest(video_id, want, below)
+            out.extend(c for c in page if visible(c, viewer_id))
+            if len(page) < want:
+                break
+            below = page[-1].id
+        return out[:limit]
+
+    async def _hot_asc(
+        self, video_id: str, after_id: int, below: int | None, limit: int, viewer_id: str | None
+    ) -> list[Comment]:
+        """Up to ``limit`` visible hot comments after ``after_id`` (below ``below``), oldest first."""
+        out: list[Comment] = []
+        while len(out) < limit:
+            want = limit - len(out) + 16
+            page = await self.hot.after(video_id, after_id, want, below)
+            out.extend(c for c in page if visible(c, viewer_id))
+            if len(page) < want:
+                break
+            after_id = page[-1].id
+        return out[:limit]
+
+    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
+        if limit <= 0:
+            return []
+        bound = self.read_bound(video_id) if self.read_bound is not None else None
+        try:
+            floor = await self.hot.floor(video_id)
+            hot: list[Comment] = []
+            removed: set[int] = set()
+            if floor is not None:
+                hot = await self._hot_desc(video_id, bound, limit, viewer_id)
+                if len(hot) >= limit and hot[-1].id > floor:
+                    return hot[::-1]
+                removed = await self.hot.removed_ids(video_id)
+        except REDIS_ERRORS as e:
+            log.warning("latest %s: Redis unavailable (%s); reading the cold store", video_id, e)
+            return (await self.cold.before(video_id, bound, limit, viewer_id))[::-1]
+        cold = await self.cold.before(video_id, bound, limit, viewer_id)
+        return _merge(hot, cold, removed, descending=True)[:limit][::-1]
+
+    async def after(
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None
+    ) -> list[Comment]:
+        if limit <= 0:
+            return []
+        bound = self.read_bound(video_id) if self.read_bound is not None else None
+        try:
+            floor = await self.hot.floor(video_id)
+            hot: list[Comment] = []
+            removed: set[int] = set()
+            if floor is not None:
+                hot = await self._hot_asc(video_id, after_id, bound, limit, viewer_id)
+                if after_id >= floor:
+                    return hot
+                removed = await self.hot.removed_ids(video_id)
+        except REDIS_ERRORS as e:
+            log.warning("after %s: Redis unavailable (%s); reading the cold store", video_id, e)
+            return self._cut(await self.cold.after(video_id, after_id, limit, viewer_id), bound)
+        cold = self._cut(await self.cold.after(video_id, after_id, limit, viewer_id), bound)
+        return _merge(hot, cold, removed, descending=False)[:limit]
+
+    async def before(
+        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+    ) -> list[Comment]:
+        if limit <= 0:
+            return []
+        try:
+            floor = await self.hot.floor(video_id)
+            hot: list[Comment] = []
+            removed: set[int] = set()
+            if floor is not None:
+                hot = await self._hot_desc(video_id, before_id, limit, viewer_id)
+                if len(hot) >= limit and hot[-1].id > floor:
+                    return hot
+                removed = await self.hot.removed_ids(video_id)
+        except REDIS_ERRORS as e:
+            log.warning("before %s: Redis unavailable (%s); reading the cold store", video_id, e)
+            return await self.cold.before(video_id, before_id, limit, viewer_id)
+        cold = await self.cold.before(video_id, before_id, limit, viewer_id)
+        return _merge(hot, cold, removed, descending=True)[:limit]
+
+    async def recent_all(self, video_id: str, after_id: int, limit: int) -> list[Comment]:
+        """Everything after ``after_id`` (shadowed comments included), oldest first: what
+        the bus feeds a room when it joins a video or backfills after an outage. Below
+        the hot floor the cold store fills in (without shadowed comments: it only gives
+        those to their author)."""
+        floor = await self.hot.floor(video_id)
+        hot = await self.hot.after(video_id, after_id, limit) if floor is not None else []
+        if floor is not None and after_id >= floor:
+            return hot
+        removed = await self.hot.removed_ids(video_id) if floor is not None else set()
+        cold = await self.cold.after(video_id, after_id, limit)
+        return _merge(hot, cold, removed, descending=False)[:limit]
+
+    async def aclose(self) -> None:
+        """The hot store holds no buffers; the cold store is closed by its owner."""
+
+    @staticmethod
+    def _cut(comments: list[Comment], bound: int | None) -> list[Comment]:
+        return comments if bound is None else [c for c in comments if c.id < bound]
+

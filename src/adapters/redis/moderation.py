@@ -1,0 +1,305 @@
+"""Moderation in cluster mode, on Redis: the ban/settings/log store every ingest process
+shares, and the automod queue that ``livecomments moderate`` workers consume.
+
+``RedisModerationStore`` implements ``adapters.sqlite.moderation.ModerationStore``.
+All of its keys carry one hash tag (``{mod}``), so each write -- the state change, its
+log entry and a bump of the version counter -- is one Lua script on one slot:
+
+- ``<prefix>:{mod}:bans``: hash, ``scope \\n user_id`` -> the ban as JSON;
+- ``<prefix>:{mod}:settings``: hash, video id -> slow_mode_s (absent when 0);
+- ``<prefix>:{mod}:log:<scope>``: sorted set, all scores 0, members
+  ``<19-digit entry id>:<json>``, so lexicographic order is id order; at most
+  ``log_max`` entries per scope (the oldest are trimmed);
+- ``<prefix>:{mod}:version``: incremented by every ban, unban and settings change.
+
+Ingest keeps bans and slow modes in memory (``ingest.moderation.bans.ModerationService``);
+``watch`` polls the version (one GET a second) and reloads that cache when another process
+changed something, so a ban applies on every ingest process within about a second (at
+once on the one that took it). How durable it is depends on the Redis' persistence
+(AOF with ``appendfsync always`` for bans that survive any crash).
+
+``RedisModerationQueue`` implements ``ModerationQueue``: ``offer`` puts the comment in a
+bounded in-process buffer (never waits: when full, the comment skips moderation and is
+counted), and a forwarder task appends buffered comments to a capped stream per shard
+(``<prefix>:{n}:moderate``, MAXLEN ~ ``stream_max``: entries trimmed before a worker read
+them are skipped too). ``RedisModerationSource`` reads those streams through the consumer
+group ``moderate`` and hands each comment to ``Automod.handle``; entries are acknowledged
+(and deleted) after they were handled, a worker reads its own pending entries first after
+a restart, and entries another worker left pending for ``claim_idle_s`` are claimed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from coredis import PureToken
+
+from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis.streams import GroupConsumer, text
+from domain.model import Comment
+from domain.moderation import Ban, LogEntry, VideoSettings
+from domain.ports import StoreUnavailable
+from ingest.moderation.automod import Automod, InProcessQueue, ModerationMetrics
+
+log = logging.getLogger("ingest.moderation.redis")
+
+PAD = 19
+GROUP = "moderate"
+
+
+_s = text
+
+
+def _ban_json(b: Ban) -> str:
+    return json.dumps([b.scope, b.user_id, b.mode, b.reason, b.actor, b.created_at], ensure_ascii=False)
+
+
+def _ban_from(raw: Any) -> Ban | None:
+    try:
+        scope, user_id, mode, reason, actor, created_at = json.loads(_s(raw))
+        return Ban(scope, user_id, mode, reason, actor, int(created_at))
+    except (ValueError, TypeError):
+        return None
+
+
+def _log_member(e: LogEntry) -> str:
+    body = [e.scope, e.created_at, e.actor, e.action, e.target_user, e.comment_id, e.reason, e.details]
+    return f"{e.id:0{PAD}d}:" + json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def _log_from(raw: Any) -> LogEntry | None:
+    text = _s(raw)
+    head, _, body = text.partition(":")
+    try:
+        scope, created_at, actor, action, target, comment_id, reason, details = json.loads(body)
+        return LogEntry(int(head), scope, int(created_at), actor, action, target, comment_id, reason, details or {})
+    except (ValueError, TypeError):
+        return None
+
+
+# KEYS: state hash, log zset, version. ARGV: op (set|del), field, value, log member, log max.
+# set: HSET field value; del: HDEL field (nothing is logged when there was nothing).
+# Returns 1 when something changed (always for set).
+WRITE = """
+local changed = 1
+if ARGV[1] == 'set' then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+else
+  changed = redis.call('HDEL', KEYS[1], ARGV[2])
+end
+if changed == 1 then
+  redis.call('ZADD', KEYS[2], 0, ARGV[4])
+  local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+  if excess > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+  end
+  redis.call('INCR', KEYS[3])
+end
+return changed
+"""
+
+
+class RedisModerationStore:
+    def __init__(self, redis: Redis, keys: Keys, *, log_max: int = 100_000) -> None:
+        self.redis = redis
+        self.prefix = keys.prefix
+        self.log_max = log_max
+        self._write = redis.register_script(WRITE)
+        self._seen_version: int | None = None
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}:{{mod}}:{name}"
+
+    def _log_key(self, scope: str) -> str:
+        return self._key("log:" + scope)
+
+    async def _run(self, op: str, table: str, field: str, value: str, entry: LogEntry) -> bool:
+        try:
+            res = await self._write(
+                keys=[self._key(table), self._log_key(entry.scope), self._key("version")],
+                args=[op, field, value, _log_member(entry), self.log_max],
+            )
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+        return int(res) == 1
+
+    async def put_ban(self, ban: Ban, entry: LogEntry) -> None:
+        await self._run("set", "bans", f"{ban.scope}\n{ban.user_id}", _ban_json(ban), entry)
+
+    async def delete_ban(self, scope: str, user_id: str, entry: LogEntry) -> bool:
+        return await self._run("del", "bans", f"{scope}\n{user_id}", "", entry)
+
+    async def bans(self, scope: str | None = None) -> list[Ban]:
+        try:
+            raw = await self.redis.hgetall(self._key("bans"))
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+        bans = [b for b in (_ban_from(v) for v in raw.values()) if b is not None]
+        return sorted((b for b in bans if scope is None or b.scope == scope), key=lambda b: (b.created_at, b.user_id))
+
+    async def put_settings(self, settings: VideoSettings, entry: LogEntry) -> None:
+        if settings.slow_mode_s > 0:
+            await self._run("set", "settings", settings.video_id, str(settings.slow_mode_s), entry)
+        else:
+            # Turning slow mode off is logged even when it was already off.
+            if not await self._run("del", "settings", settings.video_id, "", entry):
+                await self.append_log(entry)
+
+    async def all_settings(self) -> list[VideoSettings]:
+        try:
+            raw = await self.redis.hgetall(self._key("settings"))
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+        out = []
+        for k, v in raw.items():
+            try:
+                out.append(VideoSettings(_s(k), int(_s(v))))
+            except ValueError:
+                continue
+        return [s for s in out if s.slow_mode_s > 0]
+
+    async def append_log(self, entry: LogEntry) -> None:
+        try:
+            await self.redis.zadd(self._log_key(entry.scope), {_log_member(entry): 0})
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+
+    async def log_page(self, scope: str, before: int | None, limit: int) -> list[LogEntry]:
+        top = "+" if before is None else f"({before:0{PAD}d}"
+        try:
+            raw = await self.redis.zrange(
+                self._log_key(scope), top, "-", sortby=PureToken.BYLEX, rev=True, offset=0, count=limit
+            )
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+        return [e for e in (_log_from(m) for m in raw) if e is not None]
+
+    async def version(self) -> int:
+        try:
+            raw = await self.redis.get(self._key("version"))
+        except REDIS_ERRORS as e:
+            raise StoreUnavailable(f"Redis: {e}") from None
+        return int(_s(raw)) if raw is not None else 0
+
+    async def watch(self, on_change: Callable[[], Awaitable[None]], interval: float = 1.0) -> None:
+        """Call ``on_change`` whenever any process changed bans or settings (polled)."""
+        while True:
+            try:
+                current = await self.version()
+                if self._seen_version is not None and current != self._seen_version:
+                    await on_change()
+                self._seen_version = current
+            except Exception as e:  # keep watching through outages
+                log.warning("moderation watch: %s", e)
+            await trio.sleep(interval)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def stream_key(keys: Keys, slot: int) -> str:
+    return f"{keys.prefix}:{{{slot}}}:moderate"
+
+
+class RedisModerationQueue(InProcessQueue):
+    """``ModerationQueue`` for ingest processes of a cluster (see the module doc): the
+    in-process bounded buffer (``offer`` never waits), forwarded to the streams by ``run``."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        metrics: ModerationMetrics,
+        *,
+        buffer: int = 10_000,
+        stream_max: int = 100_000,
+        batch: int = 200,
+    ) -> None:
+        super().__init__(buffer, metrics)
+        self.redis = redis
+        self.keys = keys
+        self.stream_max = stream_max
+        self.batch = batch
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Forward buffered comments to the streams until cancelled."""
+        task_status.started()
+        backoff = 0.2
+        while True:
+            first = await self._recv.receive()
+            batch = [first]
+            while len(batch) < self.batch:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self.forward(batch)
+                backoff = 0.2
+            except REDIS_ERRORS as e:
+                # Moderation is best effort: the batch is dropped (counted), posting goes on.
+                self.metrics.skipped.inc(len(batch))
+                log.warning("moderation queue: Redis unavailable (%s); %d comments skip moderation", e, len(batch))
+                await trio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)
+
+    async def forward(self, comments: list[Comment]) -> None:
+        for c in comments:
+            await self.redis.xadd(
+                stream_key(self.keys, self.keys.slot(c.video_id)),
+                {"r": json.dumps(c.to_record(), ensure_ascii=False, separators=(",", ":"))},
+                trim_strategy=PureToken.MAXLEN,
+                threshold=self.stream_max,
+                trim_operator=PureToken.APPROXIMATELY,
+            )
+
+
+class RedisModerationSource(GroupConsumer):
+    """Feeds ``Automod`` from the moderation streams (``livecomments moderate``)."""
+
+    name = "moderate"
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        automod: Automod,
+        *,
+        consumer: str,
+        batch: int = 100,
+        block_ms: int = 1000,
+        claim_idle_s: float = 30.0,
+    ) -> None:
+        super().__init__(redis, GROUP, consumer, batch=batch, block_ms=block_ms, claim_idle_s=claim_idle_s)
+        self.keys = keys
+        self.automod = automod
+        self.handled = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for slot in range(self.keys.shards):
+                nursery.start_soon(self.drain_forever, stream_key(self.keys, slot))
+            task_status.started()
+
+    async def handle(self, stream: str, entries: list[Any]) -> None:
+        for e in entries:
+            fields = {_s(k): _s(v) for k, v in dict(e.field_values).items()}
+            try:
+                comment = Comment.from_record(json.loads(fields["r"]))
+            except (KeyError, ValueError, TypeError):
+                log.warning("moderate: unreadable entry %s on %s", _s(e.identifier), stream)
+                continue
+            try:
+                await self.automod.handle(comment)
+            except Exception as exc:  # one comment's failure is not the worker's
+                self.automod.metrics.errors.inc()
+                log.warning("moderation of %s/%s failed: %r", comment.video_id, comment.id, exc)
+            self.handled += 1
+        ids = [_s(e.identifier) for e in entries]
+        await self.redis.xack(stream, GROUP, ids)
+        await self.redis.xdel(stream, ids)

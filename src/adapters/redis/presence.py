@@ -1,0 +1,232 @@
+"""Viewer counts summed over every rms node, and one fan-out mode per video for all nodes.
+
+Presence: once per ``interval_s`` each rms node writes, for each video it has a room for,
+its own viewer count into the video's hash (field = node id, value = "count:expires_ms")
+and reads back the sum of the fields that have not expired, in one script. A node that
+dies stops refreshing its field, and its viewers stop counting ``ttl_s`` later; a node
+whose room closed deletes its field at once. The sums feed the tier controller
+(``Rooms.count_viewers``), the stats endpoint and the metrics.
+
+Modes: every node's tier controller sees the same totals, but their dwell timers and
+their one-second ticks differ, so each decision is proposed to Redis: the script
+changes the video's mode only if the proposer saw the current mode and the current mode
+has been held for ``min_dwell_s`` (on Redis' clock), and then publishes a ``mode`` event
+on the video's channel, which every node's room applies. A proposal that lost (stale
+view, dwell not over) returns the mode in force, which the proposing room adopts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from adapters.redis.bus import encode
+from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from domain.model import ModeChange
+
+if TYPE_CHECKING:
+    from rms.room import Room, Rooms
+
+log = logging.getLogger("livecomments.presence")
+
+# KEYS[1]: the video's presence hash. ARGV: node, count, ttl ms, read only (1|0).
+# Returns the total of unexpired counts.
+REPORT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+if ARGV[4] == '0' then
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + ttl))
+  else
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  end
+end
+local total = 0
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local v = flat[i + 1]
+  local sep = string.find(v, ':', 1, true)
+  local expires = tonumber(string.sub(v, sep + 1))
+  if expires < now then
+    if ARGV[4] == '0' then
+      redis.call('HDEL', KEYS[1], flat[i])
+    end
+  else
+    total = total + tonumber(string.sub(v, 1, sep - 1))
+  end
+end
+if ARGV[4] == '0' and total > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl * 2)
+end
+return total
+"""
+
+# KEYS[1]: the video's mode ("mode:changed_ms"). ARGV: from, to, dwell ms, channel, payload.
+# Returns the mode in force after the proposal.
+PROPOSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('GET', KEYS[1])
+local mode, since = 'push', 0
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  mode = string.sub(cur, 1, sep - 1)
+  since = tonumber(string.sub(cur, sep + 1))
+end
+if mode ~= ARGV[1] or mode == ARGV[2] or now - since < tonumber(ARGV[3]) then
+  return mode
+end
+redis.call('SET', KEYS[1], ARGV[2] .. ':' .. now, 'EX', 86400)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return ARGV[2]
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Presence:
+    """This node's share of the viewer counts, and the cluster's totals."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        node_id: str,
+        *,
+        ttl_s: float = 5.0,
+        interval_s: float = 1.0,
+        min_dwell_s: float = 10.0,
+        metrics: Any = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.node_id = node_id
+        self.ttl_ms = int(ttl_s * 1000)
+        self.interval_s = interval_s
+        self.dwell_ms = int(min_dwell_s * 1000)
+        self.totals: dict[str, int] = {}
+        self._reported: set[str] = set()
+        self._report = redis.register_script(REPORT)
+        self._propose = redis.register_script(PROPOSE)
+        self._gauge: Any = None
+        if metrics is not None:
+            from prometheus_client import Gauge
+
+            self._gauge = Gauge(
+                "livecomments_video_viewers",
+                "Viewers of a video summed over every rms node (videos with a room on this node)",
+                ["video_id"],
+                registry=metrics.registry,
+            )
+
+    async def report(self, video_id: str, count: int) -> int:
+        total = await self._report(
+            keys=[self.keys.presence(video_id)], args=[self.node_id, count, self.ttl_ms, "0"]
+        )
+        return int(total)
+
+    async def total(self, video_id: str) -> int:
+        """The video's viewers over every node (read only)."""
+        return int(await self._report(keys=[self.keys.presence(video_id)], args=[self.node_id, 0, self.ttl_ms, "1"]))
+
+    async def mode(self, video_id: str) -> str:
+        cur = await self.redis.get(self.keys.mode(video_id))
+        return _text(cur).split(":", 1)[0] if cur else "push"
+
+    async def run(
+        self, rooms: Rooms, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Report this node's counts every ``interval_s`` until cancelled (then withdraw)."""
+        task_status.started()
+        try:
+            while True:
+                await self.tick(rooms)
+                await trio.sleep(self.interval_s)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.withdraw()
+
+    async def tick(self, rooms: Rooms) -> None:
+        counts = {video_id: len(room.viewers) for video_id, room in list(rooms.rooms.items())}
+        gone = self._reported - counts.keys()
+        for video_id in gone:
+            counts[video_id] = 0
+        for video_id, count in counts.items():
+            try:
+                total = await self.report(video_id, count)
+            except REDIS_ERRORS as e:
+                log.debug("presence: Redis unavailable: %s", e)
+                return
+            if count > 0:
+                self._reported.add(video_id)
+            else:
+                self._reported.discard(video_id)
+            if video_id in rooms.rooms:
+                self.totals[video_id] = total
+                if self._gauge is not None:
+                    self._gauge.labels(video_id).set(total)
+            else:
+                self.totals.pop(video_id, None)
+                if self._gauge is not None:
+                    try:
+                        self._gauge.remove(video_id)
+                    except KeyError:
+                        pass
+
+    async def withdraw(self) -> None:
+        """Take this node's counts out at once (graceful stop)."""
+        for video_id in list(self._reported):
+            try:
+                await self.report(video_id, 0)
+            except REDIS_ERRORS:
+                return
+        self._reported.clear()
+
+    # -- hooks for rms.room.Rooms ------------------------------------------------------------
+
+    def count_viewers_hook(self, rooms: Rooms) -> Callable[[str], Any]:
+        async def count(video_id: str) -> int:
+            local = rooms.viewer_count(video_id)
+            return max(self.totals.get(video_id, local), local)
+
+        return count
+
+    def decide_hook(self) -> Callable[[Room, Any], Any]:
+        async def decide(room: Room, mode: Any) -> None:
+            try:
+                now_mode = _text(
+                    await self._propose(
+                        keys=[self.keys.mode(room.video_id)],
+                        args=[
+                            room.mode,
+                            mode,
+                            self.dwell_ms,
+                            self.keys.channel(room.video_id),
+                            encode(ModeChange(room.video_id, str(mode))),
+                        ],
+                    )
+                )
+            except REDIS_ERRORS as e:
+                log.warning("mode decision for %s deferred: Redis unavailable: %s", room.video_id, e)
+                room.tier.mode = room.mode  # propose again on a later tick
+                return
+            room.tier.mode = now_mode  # type: ignore[assignment]
+            room.tier.changed_at = trio.current_time()
+            if now_mode != room.mode:
+                room.set_mode(now_mode)  # type: ignore[arg-type]
+
+        return decide
+
+
+def node_name() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"

@@ -1,0 +1,1 @@
+"""The CQL (Scylla, Cassandra) comment store."""

@@ -1,0 +1,1 @@
+"""The SQLite adapters of the all-in-one server."""

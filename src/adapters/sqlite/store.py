@@ -1,0 +1,216 @@
+"""The embedded store: one SQLite file, written by one writer task with group commit.
+
+``append`` puts the comment on a bounded queue (10,000 by default; when it is full,
+posters wait: that is the backpressure onto ingest) and returns when the transaction
+holding it has committed, so a 201 always means "committed". The writer takes whatever
+is queued (up to 500) into one transaction, which keeps 1,000 posts/s cheap.
+
+Durability: by default (``durable=False``, SQLite's ``synchronous=NORMAL`` in WAL mode)
+a commit is written to the WAL file but not fsynced: it survives the server process being
+killed at any moment, but an operating-system crash or power loss can lose the last
+commits. ``durable=True`` (``LIVECOMMENTS_SQLITE_SYNCHRONOUS=full``) fsyncs every commit,
+which survives those too and costs a few milliseconds per post (one fsync per group). Reads use
+a second connection; WAL mode lets them run while the writer commits. SQLite calls run
+in worker threads so the Trio loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from domain.model import Author, Comment
+from domain.ports import StoreUnavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS comments (
+    video_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    author_id TEXT NOT NULL,
+    author_name TEXT NOT NULL,
+    verified INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    client_id TEXT,
+    shadow INTEGER NOT NULL DEFAULT 0,
+    streamer INTEGER NOT NULL DEFAULT 0,
+    removed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (video_id, id)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = "id, video_id, author_id, author_name, verified, text, created_at, client_id, shadow, streamer"
+_VISIBLE = "removed = 0 AND (shadow = 0 OR author_id = ?)"
+
+
+def _row(r: tuple[Any, ...]) -> Comment:
+    return Comment(
+        id=r[0],
+        video_id=r[1],
+        author=Author(r[2], r[3], bool(r[4])),
+        text=r[5],
+        created_at=r[6],
+        client_id=r[7],
+        shadow=bool(r[8]),
+        streamer=bool(r[9]),
+    )
+
+
+def _connect(path: str, durable: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class SqliteStore:
+    def __init__(self, path: str, *, queue_size: int = 10_000, batch_max: int = 500, durable: bool = False) -> None:
+        self.path = path
+        self.durable = durable
+        self.batch_max = batch_max
+        self._send, self._recv = trio.open_memory_channel[tuple[Comment, list[BaseException | None], trio.Event]](
+            queue_size
+        )
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_limiter = trio.CapacityLimiter(1)
+        self._write_limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: str, **kw: Any) -> AsyncIterator[SqliteStore]:
+        """Open the file, run the writer in a nursery owned here, flush on exit."""
+        store = cls(path, **kw)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        store._writer = await trio.to_thread.run_sync(_connect, path, store.durable)
+        await trio.to_thread.run_sync(store._writer.executescript, SCHEMA)
+        store._reader = await trio.to_thread.run_sync(_connect, path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store._write_loop)
+                try:
+                    yield store
+                finally:
+                    # Let the writer drain what was queued, then stop it.
+                    await store._send.aclose()
+        finally:
+            for conn in (store._writer, store._reader):
+                if conn is not None:
+                    await trio.to_thread.run_sync(conn.close)
+
+    async def _write_loop(self) -> None:
+        async with self._recv:
+            async for first in self._recv:
+                batch = [first]
+                while len(batch) < self.batch_max:
+                    try:
+                        batch.append(self._recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                error: BaseException | None = None
+                try:
+                    await trio.to_thread.run_sync(self._write_batch, [c for c, _, _ in batch], abandon_on_cancel=False)
+                except sqlite3.Error as e:
+                    error = StoreUnavailable(str(e))
+                for _, slot, done in batch:
+                    slot[0] = error
+                    done.set()
+
+    def _write_batch(self, comments: list[Comment]) -> None:
+        conn = self._writer
+        assert conn is not None
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                f"INSERT OR IGNORE INTO comments ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        c.id, c.video_id, c.author.id, c.author.name, int(c.author.verified),
+                        c.text, c.created_at, c.client_id, int(c.shadow), int(c.streamer),
+                    )
+                    for c in comments
+                ],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def append(self, comment: Comment) -> None:
+        slot: list[BaseException | None] = [None]
+        done = trio.Event()
+        try:
+            await self._send.send((comment, slot, done))
+        except trio.ClosedResourceError:
+            raise StoreUnavailable("the store is shutting down") from None
+        await done.wait()
+        if slot[0] is not None:
+            raise slot[0]
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        conn = self._reader
+        if conn is None:
+            raise StoreUnavailable("the store is closed")
+
+        def run() -> list[tuple[Any, ...]]:
+            return conn.execute(sql, params).fetchall()
+
+        try:
+            return await trio.to_thread.run_sync(run, limiter=self._read_limiter)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(str(e)) from None
+
+    async def remove(self, video_id: str, comment_id: int) -> bool:
+        conn = self._writer
+        if conn is None:
+            raise StoreUnavailable("the store is closed")
+
+        def run() -> bool:
+            cur = conn.execute(
+                "UPDATE comments SET removed = 1 WHERE video_id = ? AND id = ? AND removed = 0",
+                (video_id, comment_id),
+            )
+            return cur.rowcount > 0
+
+        return await trio.to_thread.run_sync(run, limiter=self._write_limiter)
+
+    async def get(self, video_id: str, comment_id: int) -> Comment | None:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM comments WHERE video_id = ? AND id = ? AND removed = 0",
+            (video_id, comment_id),
+        )
+        return _row(rows[0]) if rows else None
+
+    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM comments WHERE video_id = ? AND {_VISIBLE} ORDER BY id DESC LIMIT ?",
+            (video_id, viewer_id or "", limit),
+        )
+        return [_row(r) for r in reversed(rows)]
+
+    async def after(
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None
+    ) -> list[Comment]:
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM comments WHERE video_id = ? AND id > ? AND {_VISIBLE} ORDER BY id ASC LIMIT ?",
+            (video_id, after_id, viewer_id or "", limit),
+        )
+        return [_row(r) for r in rows]
+
+    async def before(
+        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+    ) -> list[Comment]:
+        cursor = (1 << 63) - 1 if before_id is None else before_id
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM comments WHERE video_id = ? AND id < ? AND {_VISIBLE} ORDER BY id DESC LIMIT ?",
+            (video_id, cursor, viewer_id or "", limit),
+        )
+        return [_row(r) for r in rows]
+
+    async def aclose(self) -> None:
+        await self._send.aclose()

@@ -1,0 +1,73 @@
+"""Parsing and checking what a viewer asks for; shared by the lean path and the ASGI app."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from domain.errors import BadRequest, NotFound
+from domain.identity import Identity, TokenIssuer
+from domain.ids import MAX_ID
+from domain.model import valid_video_id
+from domain.settings import Settings
+
+
+def parse_id(value: str, name: str) -> int:
+    """A cursor: the decimal digits of any 63-bit id, existing or not."""
+    v = value.strip()
+    if not v.isdigit() or not v.isascii() or len(v) > 19 or int(v) > MAX_ID:
+        raise BadRequest(f"{name} must be a comment id (decimal digits)", code="invalid_cursor")
+    return int(v)
+
+
+def parse_int(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
+    if value is None or value == "":
+        return default
+    v = value.strip()
+    if not (v.isdigit() and v.isascii()) or not lo <= int(v) <= hi:
+        raise BadRequest(f"{name} must be a whole number from {lo} to {hi}", code="invalid_parameter")
+    return int(v)
+
+
+def parse_float(value: str | None, name: str, default: float, lo: float, hi: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        v = float(value)
+    except ValueError:
+        v = float("nan")
+    if not lo <= v <= hi:  # also refuses nan
+        raise BadRequest(f"{name} must be a number from {lo:g} to {hi:g}", code="invalid_parameter")
+    return v
+
+
+def check_video(video_id: str) -> str:
+    if not valid_video_id(video_id):
+        raise NotFound("no such video: ids are 1-64 characters of A-Z a-z 0-9 _ -", code="no_such_video")
+    return video_id
+
+
+@attrs.frozen
+class StreamParams:
+    video_id: str
+    after: int | None  # Last-Event-ID / last_event_id: replay what came after
+    backlog: int
+    identity: Identity | None
+
+
+def stream_params(
+    settings: Settings,
+    issuer: TokenIssuer,
+    video_id: str,
+    query: Mapping[str, str],
+    last_event_id: str | None,
+) -> StreamParams:
+    """Everything a stream connection needs; raises the contract's errors."""
+    check_video(video_id)
+    backlog = parse_int(query.get("backlog"), "backlog", settings.backlog, 0, settings.backlog_max)
+    cursor = last_event_id if last_event_id not in (None, "") else query.get("last_event_id")
+    after = parse_id(cursor, "Last-Event-ID") if cursor not in (None, "") else None
+    token = query.get("token")
+    identity = issuer.verify(token) if token else None
+    return StreamParams(video_id, after, backlog, identity)

@@ -1,0 +1,61 @@
+"""The comment store interface. Adapters: SQLite (embedded default), Scylla (cluster).
+
+Every method is async and must not block the Trio loop. ``viewer_id`` is the id of the
+user reading (None for an anonymous viewer): shadow comments are returned only when
+``viewer_id`` is their author. Removed comments are never returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from domain.model import Comment, ModeChange, Reaction, Removal
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take or give comments right now (maps to 503)."""
+
+
+class Store(Protocol):
+    async def append(self, comment: Comment) -> None:
+        """Persist one comment durably; returns once it is safe to acknowledge (201).
+
+        Idempotent: appending the same comment id twice stores it once.
+        """
+
+    async def remove(self, video_id: str, comment_id: int) -> bool:
+        """Tombstone a comment. True when it existed and was not removed before."""
+
+    async def get(self, video_id: str, comment_id: int) -> Comment | None:
+        """One comment, removed ones excluded."""
+
+    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
+        """The newest ``limit`` visible comments, oldest first."""
+
+    async def after(
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None
+    ) -> list[Comment]:
+        """Visible comments with id > after_id, oldest first, at most ``limit``."""
+
+    async def before(
+        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+    ) -> list[Comment]:
+        """History page: visible comments with id < before_id (all when None), newest first."""
+
+    async def aclose(self) -> None:
+        """Flush whatever is pending and release resources."""
+
+
+# -- the bus between ingest and rms: one channel per video ------------------------------
+
+BusEvent = Comment | Removal | Reaction | ModeChange
+Handler = Callable[[BusEvent], None]
+
+
+class Bus(Protocol):
+    async def publish(self, video_id: str, event: BusEvent) -> None: ...
+
+    async def subscribe(self, video_id: str, handler: Handler) -> None: ...
+
+    async def unsubscribe(self, video_id: str, handler: Handler) -> None: ...

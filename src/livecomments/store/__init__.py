@@ -1,5 +1,0 @@
-"""Comment stores: the interface and its adapters."""
-
-from livecomments.store.base import Store, StoreUnavailable
-
-__all__ = ["Store", "StoreUnavailable"]

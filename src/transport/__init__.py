@@ -1,0 +1,1 @@
+"""Transport: the lean front door (SSE, WebSocket, POST), the Quart apps, the hand-off to Hypercorn."""

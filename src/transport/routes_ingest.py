@@ -1,0 +1,74 @@
+"""The comment service's HTTP surface: sign-in, posting, deleting."""
+
+from __future__ import annotations
+
+import trio
+from quart import Blueprint, Response, request
+
+from domain.errors import NotFound, PayloadTooLarge, RateLimited, Unprocessable
+from domain.identity import new_guest_id
+from domain.params import check_video, parse_id
+from ingest.posting import post_from_request
+from policy.rate import Rate
+from transport.web import bearer, body_bytes, json_body, json_response, services
+
+bp = Blueprint("ingest", __name__)
+
+NAME_MAX = 40
+
+
+@bp.post("/v1/auth/guest")
+async def guest() -> Response:
+    svc = services()
+    if not svc.settings.guest_signin:
+        raise NotFound("guest sign-in is disabled on this server", code="guest_disabled")
+    body = await json_body()
+    name = body.get("name")
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= NAME_MAX or not name.strip().isprintable():
+        raise Unprocessable(f"name must be 1-{NAME_MAX} printable characters", code="invalid_name")
+    rule = Rate.from_text(svc.settings.guest_rate_limit)
+    addr = request.remote_addr or "unknown"
+    decision = await svc.limiter.acquire("guest:" + addr, rule, trio.current_time())
+    if not decision.allowed:
+        raise RateLimited("too many guest sign-ins from this address", Rate.retry_after_header(decision.retry_after))
+    user_id = new_guest_id()
+    token = svc.issuer.issue(user_id, name.strip(), ("viewer",))
+    return json_response({"token": token, "user_id": user_id, "name": name.strip()}, 201)
+
+
+@bp.post("/v1/videos/<video_id>/comments")
+async def post_comment(video_id: str) -> Response:
+    svc = services()
+    assert svc.comments is not None
+    limit = svc.settings.max_body
+    check_video(video_id)
+    svc.issuer.from_header(request.headers.get("Authorization"))  # 401 before reading the body
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    comment = await post_from_request(
+        svc.comments, svc.issuer, video_id, request.headers.get("Authorization"),
+        request.headers.get("Content-Type"), await body_bytes(), limit,
+    )
+    return json_response(comment.to_json(), 201, {"Location": f"/v1/videos/{video_id}/comments/{comment.id}"})
+
+
+@bp.delete("/v1/videos/<video_id>/comments/<comment_id>")
+async def delete_comment(video_id: str, comment_id: str) -> Response:
+    check_video(video_id)
+    who = bearer()
+    cid = parse_id(comment_id, "comment id")
+    svc = services()
+    assert svc.comments is not None
+    await svc.comments.delete(video_id, cid, who)
+    return Response(b"", status=204)
+
+
+@bp.post("/v1/videos/<video_id>/comments/<comment_id>/reactions")
+async def react(video_id: str, comment_id: str) -> Response:
+    check_video(video_id)
+    who = bearer()
+    cid = parse_id(comment_id, "comment id")
+    svc = services()
+    assert svc.comments is not None
+    await svc.comments.react(video_id, cid, who)
+    return json_response({"id": str(cid), "accepted": True}, 202)
