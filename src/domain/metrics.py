@@ -15,6 +15,10 @@ class Metrics:
         self.rooms = Gauge("livecomments_rooms", "Rooms (videos with viewers) on this node", registry=r)
         self.long_polls = Gauge("livecomments_long_polls_held", "Long-poll requests held open, waiting for news", registry=r)
         self.posts = Counter("livecomments_posts", "POST comment results", ["status"], registry=r)
+        self.posts_served = Counter(
+            "livecomments_posts_served", "POST comment requests by the path that served them (lean | asgi)", ["path"],
+            registry=r,
+        )
         self.post_seconds = Histogram(
             "livecomments_post_seconds",
             "Time to accept a comment (validation to 201)",

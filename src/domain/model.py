@@ -22,6 +22,13 @@ class Author:
     verified: bool = False
 
 
+def shown_to(shadow: bool, author_id: str, viewer_id: str | None) -> bool:
+    """The visibility rule, once: a shadowed comment is shown to its author only
+    (``viewer_id`` None is an anonymous viewer). Stores that filter in their query
+    language (SQLite's ``_VISIBLE``) say the same thing in SQL."""
+    return not shadow or (viewer_id is not None and author_id == viewer_id)
+
+
 @attrs.frozen
 class Comment:
     """A stored comment. ``id`` is a Snowflake, so ids sort by time within a video.
@@ -39,6 +46,10 @@ class Comment:
     client_id: str | None = None
     shadow: bool = False
     streamer: bool = False
+
+    def visible_to(self, viewer_id: str | None) -> bool:
+        """Who may see this comment: everyone, or only its author when shadowed."""
+        return shown_to(self.shadow, self.author.id, viewer_id)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,14 @@
-"""Posting a comment from the parts of an HTTP request, whichever server parsed it.
+"""The one post pipeline: every transport that takes a comment calls ``PostPipeline``.
 
-The front door's lean path (h11 on the plain socket) and the Quart route both call
-``post_from_request``, so the checks, their order and the errors are the same on both.
+The lean front door (h11 on the plain socket, in every role that takes posts) and the
+Quart route both go through it, so the checks, their order and the errors are the same
+on both, and each runs once per request:
+
+1. ``authenticate``: 404 for a bad video id, then 401 for the token (before the body is
+   read), and 413 for a declared body over the limit;
+2. ``submit``: 415 / 413 / 400 for the body, then ``CommentService.post``: bans (403),
+   the text and client id (422), slow mode and the rate limit (429), the Snowflake id,
+   and the broker's publish (store and fan-out).
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import json
 from typing import Any
 
 from domain.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from domain.identity import TokenIssuer
+from domain.identity import Identity, TokenIssuer
 from domain.model import Comment
 from domain.params import check_video
 from ingest.service import CommentService
@@ -35,18 +42,24 @@ def parse_json_object(content_type: str | None, data: bytes, limit: int) -> dict
     return body
 
 
-async def post_from_request(
-    comments: CommentService,
-    issuer: TokenIssuer,
-    video_id: str,
-    authorization: str | None,
-    content_type: str | None,
-    data: bytes,
-    limit: int,
-) -> Comment:
-    """404 bad video, 401 token, 415/413/400 body, then the service's own checks."""
-    check_video(video_id)
-    who = issuer.from_header(authorization)
-    body = parse_json_object(content_type, data, limit)
-    with comments.metrics.post_seconds.time():
-        return await comments.post(video_id, who, body.get("text"), body.get("client_id"))
+class PostPipeline:
+    def __init__(self, comments: CommentService, issuer: TokenIssuer, max_body: int) -> None:
+        self.comments = comments
+        self.issuer = issuer
+        self.max_body = max_body
+
+    def authenticate(self, video_id: str, authorization: str | None, content_length: str | int | None) -> Identity:
+        """What can be answered from the request head alone: 404, 401, then 413 for a
+        declared length over the limit. The identity goes on to ``submit``."""
+        check_video(video_id)
+        who = self.issuer.from_header(authorization)
+        declared = str(content_length) if content_length is not None else ""
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise PayloadTooLarge(f"the body is larger than {self.max_body} bytes")
+        return who
+
+    async def submit(self, video_id: str, who: Identity, content_type: str | None, data: bytes) -> Comment:
+        """The body (415, 413, 400), then the comment service's checks and the publish."""
+        body = parse_json_object(content_type, data, self.max_body)
+        with self.comments.metrics.post_seconds.time():
+            return await self.comments.post(video_id, who, body.get("text"), body.get("client_id"))

@@ -18,7 +18,6 @@ unless ``LIVECOMMENTS_GUEST_SIGNIN=true`` (the command defaults it to off).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -30,10 +29,10 @@ import attrs
 import trio
 
 from adapters.redis.client import REDIS_ERRORS, Keys, Redis, open_redis
-from domain.model import Comment
 from domain.ports import Store, StoreUnavailable
 from domain.settings import Settings
 from livecomments.serve import drain, listen, wait_for_signal
+from livecomments.stores import LazyStore, open_store
 
 log = logging.getLogger("livecomments.cluster_nodes")
 
@@ -56,104 +55,6 @@ def node_id(settings: Settings, role: str) -> str:
 
 def hold_ms(settings: Settings) -> int:
     return settings.reorder_window_ms + settings.reorder_margin_ms
-
-
-# -- the cold store --------------------------------------------------------------------------
-
-
-class LazyStore:
-    """A store that may not be reachable yet: calls raise ``StoreUnavailable`` until
-    ``connect`` succeeded (a CQL cluster that is down when a process starts must not
-    stop it from starting: the hot store carries on without it)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.inner: Store | None = None
-
-    def _get(self) -> Store:
-        if self.inner is None:
-            raise StoreUnavailable(f"the {self.name} store is not connected yet")
-        return self.inner
-
-    async def append(self, comment: Comment) -> None:
-        await self._get().append(comment)
-
-    async def remove(self, video_id: str, comment_id: int) -> bool:
-        return await self._get().remove(video_id, comment_id)
-
-    async def get(self, video_id: str, comment_id: int) -> Comment | None:
-        return await self._get().get(video_id, comment_id)
-
-    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
-        return await self._get().latest(video_id, limit, viewer_id)
-
-    async def after(self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None) -> list[Comment]:
-        return await self._get().after(video_id, after_id, limit, viewer_id)
-
-    async def before(
-        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
-    ) -> list[Comment]:
-        return await self._get().before(video_id, before_id, limit, viewer_id)
-
-    async def aclose(self) -> None:
-        if self.inner is not None:
-            await self.inner.aclose()
-
-
-@asynccontextmanager
-async def open_cold_store(settings: Settings) -> AsyncIterator[Store]:
-    """The SQLite file in the data dir, or (``store=scylla``) a CQL session that keeps
-    trying to connect in the background."""
-    if settings.store != "scylla":
-        from adapters.sqlite.store import SqliteStore
-
-        path = os.path.join(settings.data_dir, "comments.sqlite3")
-        async with SqliteStore.open(path, durable=settings.sqlite_synchronous == "full") as sqlite:
-            yield sqlite
-        return
-    from adapters.scylla.store import ScyllaStore, ShardingThresholds
-
-    hosts = [h.strip() for h in settings.scylla_hosts.split(",") if h.strip()]
-    lazy = LazyStore("CQL")
-    # As the all-in-one server's store (node.open_store): the bucket size decides where an
-    # id lives, so every process must use the configured one; the thresholds drive the
-    # sharding switch of the process that writes (persist).
-    hot_v, hot_n = settings.shard_hot_comments_per_s, settings.shard_hot_viewers
-    thresholds = ShardingThresholds(
-        hot_velocity=hot_v, cool_velocity=hot_v / 2, hot_viewers=hot_n, cool_viewers=int(hot_n * 0.8)
-    )
-
-    async def connect() -> None:
-        delay = 0.5
-        while True:
-            store = ScyllaStore(
-                hosts,
-                settings.scylla_keyspace,
-                ttl_s=settings.comment_ttl_s,
-                consistency=settings.scylla_consistency,
-                bucket_s=settings.scylla_bucket_s,
-                shards=settings.scylla_shards,
-                thresholds=thresholds,
-            )
-            try:
-                await store.connect()
-            except Exception as e:  # the driver raises several kinds; all mean "not yet"
-                log.warning("CQL store at %s not reachable (%s); retrying in %.1f s", settings.scylla_hosts, e, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            lazy.inner = store
-            log.info("CQL store connected: %s/%s", settings.scylla_hosts, settings.scylla_keyspace)
-            return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(connect)
-        try:
-            yield lazy
-        finally:
-            nursery.cancel_scope.cancel()
-            with trio.CancelScope(shield=True):
-                await lazy.aclose()
 
 
 # -- pieces shared by ingest and rms -------------------------------------------------------------
@@ -181,9 +82,7 @@ async def common(settings: Settings) -> AsyncIterator[Common]:
     lsock = listen(settings.host, settings.port)
     if settings.port == 0:
         settings = attrs.evolve(settings, port=lsock.getsockname()[1])
-    async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_cold_store(
-        settings
-    ) as cold:
+    async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_store(settings, wait_for_cql=False) as cold:
         yield Common(settings, redis, keys_for(settings), cold, issuer, Metrics(), lsock)
 
 
@@ -204,58 +103,6 @@ def asgi(app: Any, settings: Settings) -> Any:
     return app
 
 
-class Connections:
-    """Connections handed to Hypercorn that are still open (for a graceful stop)."""
-
-    def __init__(self, handoff: Any) -> None:
-        self.handoff = handoff
-        self.open = 0
-        self._idle = trio.Event()
-        self._idle.set()
-
-    async def serve(self, conn: socket.socket) -> None:
-        self.open += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        try:
-            await self.handoff(conn, b"")
-        finally:
-            self.open -= 1
-            if self.open == 0:
-                self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-
-async def accept_into(lsock: socket.socket, conns: Connections, nursery: trio.Nursery) -> None:
-    """Hand every connection on ``lsock`` to Hypercorn (ingest has no lean path)."""
-    while True:
-        try:
-            await trio.lowlevel.wait_readable(lsock)
-        except (trio.ClosedResourceError, OSError, ValueError):
-            return
-        for _ in range(256):
-            try:
-                conn, _addr = lsock.accept()
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if lsock.fileno() == -1:
-                    return
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    await trio.sleep(0.1)
-                break
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            nursery.start_soon(conns.serve, conn)
-        await trio.lowlevel.checkpoint()
-
-
-def close_listener(lsock: socket.socket) -> None:
-    trio.lowlevel.notify_closing(lsock)
-    lsock.close()
-
-
 # -- ingest -----------------------------------------------------------------------------------
 
 
@@ -266,8 +113,10 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
     from adapters.redis.ratelimit import RedisRateLimiter
     from ingest.moderation.automod import ModerationMetrics
     from ingest.moderation.bans import ModerationService
+    from ingest.posting import PostPipeline
     from ingest.service import CommentService
     from transport.app import create_app
+    from transport.frontdoor import FrontDoor
     from transport.handoff import AsgiHandoff
     from transport.services import Services
 
@@ -290,6 +139,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         comments = CommentService(
             settings, store, bus, limiter, c.metrics, moderation=moderation, queue=mod_queue
         )
+        pipeline = PostPipeline(comments, c.issuer, settings.max_body)
         svc = Services(
             settings=settings,
             issuer=c.issuer,
@@ -297,24 +147,21 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
             store=store,
             limiter=limiter,
             comments=comments,
+            pipeline=pipeline,
             moderation=moderation,
         )
         svc.ready_checks.append(redis_check(c.redis))
         handoff = AsgiHandoff(asgi(create_app(svc, ingest=True, rms=False), settings))
-        conns = Connections(handoff)
+        # Posts on the lean path, as in the all-in-one server; the rest through Hypercorn.
+        front = FrontDoor(settings, c.issuer, c.metrics, handoff, pipeline=pipeline)
         async with trio.open_nursery() as root:
             await root.start(mod_queue.run)
             root.start_soon(mod_store.watch, moderation.load)
             await handoff.start(root)
-            root.start_soon(accept_into, c.lsock, conns, root)
+            await root.start(front.serve, [c.lsock])
             print(f"livecomments ingest: serving {settings.url()} (worker id {settings.worker_id})", flush=True)
             await until()
-            log.info("ingest draining")
-            svc.draining = True
-            close_listener(c.lsock)
-            await handoff.terminate()  # idle keep-alive connections close, requests finish
-            with trio.move_on_after(settings.shutdown_grace_s):
-                await conns.wait_idle()
+            await drain(svc, front, handoff, settings.shutdown_grace_s)
             root.cancel_scope.cancel()
     print("livecomments ingest: stopped", flush=True)
 
@@ -414,7 +261,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
         app = create_app(svc, ingest=False, rms=True)
         install_cluster_stats(app, svc, presence, hot)
         handoff = AsgiHandoff(asgi(app, settings))
-        front = FrontDoor(settings, rooms, c.issuer, c.metrics, handoff)
+        front = FrontDoor(settings, c.issuer, c.metrics, handoff, rooms=rooms)
         async with trio.open_nursery() as root:
             await root.start(bus.run)
             await root.start(rooms.run)
@@ -442,9 +289,7 @@ async def run_persist(settings: Settings, *, until: Callable[[], Awaitable[None]
     await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     keys = keys_for(settings)
     me = node_id(settings, "persist")
-    async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_cold_store(
-        settings
-    ) as cold:
+    async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_store(settings, wait_for_cql=False) as cold:
         viewers: ViewerFeed | None = None
         if settings.store == "scylla":
             # This process writes to Scylla, so its store makes the sharding decision: feed
@@ -502,9 +347,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
     from domain.metrics import Metrics
 
     metrics = Metrics()
-    async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_cold_store(
-        settings
-    ) as cold:
+    async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_store(settings, wait_for_cql=False) as cold:
         hot = HotStore(redis, keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms)
         mod_store = RedisModerationStore(redis, keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)

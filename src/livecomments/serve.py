@@ -7,21 +7,20 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from adapters.memory import InProcessBus
 from adapters.sqlite.moderation import SqliteModerationStore
-from adapters.sqlite.store import SqliteStore
 from domain.identity import TokenIssuer, signing_key
 from domain.metrics import Metrics
-from domain.ports import Store
 from domain.settings import Settings
 from ingest.moderation.automod import Automod, InProcessQueue, ModerationMetrics
 from ingest.moderation.bans import ModerationService
+from ingest.posting import PostPipeline
 from ingest.service import CommentService
+from livecomments.stores import open_store
 from policy.ratelimit import InMemoryRateLimiter
 from rms.room import Rooms
 from transport.app import create_app
@@ -58,32 +57,6 @@ async def wait_for_signal() -> None:
             return
 
 
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """The configured comment store, open for the duration of the block."""
-    if settings.store == "scylla":
-        from adapters.scylla.store import ScyllaStore, ShardingThresholds
-
-        hot_v, hot_n = settings.shard_hot_comments_per_s, settings.shard_hot_viewers
-        thresholds = ShardingThresholds(
-            hot_velocity=hot_v, cool_velocity=hot_v / 2, hot_viewers=hot_n, cool_viewers=int(hot_n * 0.8)
-        )
-        async with ScyllaStore.open(
-            [h.strip() for h in settings.scylla_hosts.split(",") if h.strip()],
-            settings.scylla_keyspace,
-            ttl_s=settings.comment_ttl_s,
-            consistency=settings.scylla_consistency,
-            bucket_s=settings.scylla_bucket_s,
-            shards=settings.scylla_shards,
-            thresholds=thresholds,
-        ) as scylla:
-            yield scylla
-    else:
-        path = os.path.join(settings.data_dir, "comments.sqlite3")
-        async with SqliteStore.open(path, durable=settings.sqlite_synchronous == "full") as sqlite:
-            yield sqlite
-
-
 async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     """Run the all-in-one server until ``until`` returns, then drain and stop."""
     await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -107,6 +80,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
         await moderation.load()
         mod_queue = InProcessQueue(settings.moderation_queue, mod_metrics)
         comments = CommentService(settings, store, bus, limiter, metrics, moderation=moderation, queue=mod_queue)
+        pipeline = PostPipeline(comments, issuer, settings.max_body)
         automod.remover = comments
         svc = Services(
             settings=settings,
@@ -115,6 +89,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
             store=store,
             limiter=limiter,
             comments=comments,
+            pipeline=pipeline,
             moderation=moderation,
             rooms=rooms,
         )
@@ -125,7 +100,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
         svc.ready_checks.append(store_readable)
         app = create_app(svc)
         handoff = AsgiHandoff(app)
-        front = FrontDoor(settings, rooms, issuer, metrics, handoff, comments)
+        front = FrontDoor(settings, issuer, metrics, handoff, rooms=rooms, pipeline=pipeline)
         async with trio.open_nursery() as root:
             await root.start(rooms.run)
             await root.start(automod.run, mod_queue, settings.moderation_workers)
@@ -139,16 +114,20 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
 
 
 async def drain(svc: Services, front: FrontDoor, handoff: AsgiHandoff, grace_s: float) -> None:
-    """Let a node's viewers go before it stops: no new connections, ``goaway`` to every
+    """Let a node's clients go before it stops: no new connections, ``goaway`` to every
     viewer, keep-alive connections closed after their request, then up to ``grace_s`` for
-    the viewers to leave."""
+    the viewers to leave (a node without streams: for its connections to close)."""
     log.info("draining: goaway to viewers, no new connections")
     svc.draining = front.draining = True
     front.stop_accepting()
-    front.rooms.goaway()
+    if front.rooms is not None:
+        front.rooms.goaway()
     await handoff.terminate()
     with trio.move_on_after(grace_s):
-        await front.rooms.wait_empty()
+        if front.rooms is not None:
+            await front.rooms.wait_empty()
+        else:
+            await front.wait_idle()
 
 
 def configure_logging(level: str) -> None:

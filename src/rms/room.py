@@ -39,11 +39,6 @@ def _by_id(entry: Entry) -> int:
     return entry.id
 
 
-def visible_to(entry: Entry, user_id: str | None) -> bool:
-    c = entry.comment
-    return not c.shadow or (user_id is not None and c.author.id == user_id)
-
-
 class Room:
     def __init__(self, video_id: str, rooms: Rooms) -> None:
         settings, store, bus, metrics = rooms.settings, rooms.store, rooms.bus, rooms.metrics
@@ -126,7 +121,7 @@ class Room:
         if n <= 0:
             return out
         for e in reversed(self.ring.last(n + len(self.pending) + 64)):
-            if e.id in self.pending_ids or not visible_to(e, user_id):
+            if e.id in self.pending_ids or not e.comment.visible_to(user_id):
                 continue
             out.append(e)
             if len(out) >= n:
@@ -137,7 +132,7 @@ class Room:
     def replay(self, after_id: int, user_id: str | None) -> list[Entry]:
         """Entries after ``after_id`` held in the ring (TooOld if it lost some)."""
         return [
-            e for e in self.ring.since(after_id) if e.id not in self.pending_ids and visible_to(e, user_id)
+            e for e in self.ring.since(after_id) if e.id not in self.pending_ids and e.comment.visible_to(user_id)
         ]
 
     async def replay_from_store(self, after_id: int, user_id: str | None) -> list[Entry] | None:
@@ -358,7 +353,7 @@ class Room:
         if stale and self.mode == "cdn" and self._snapshot is not None and now - self._snapshot_at < self.settings.snapshot_interval_s:
             stale = False  # cdn mode: one snapshot per interval, whatever the edge asks
         if stale or self._snapshot is None:
-            entries = [e for e in self.ring.last(self.settings.snapshot_size + 64) if not e.comment.shadow]
+            entries = [e for e in self.ring.last(self.settings.snapshot_size + 64) if e.comment.visible_to(None)]
             entries = entries[-self.settings.snapshot_size :]
             body = dumps(
                 {

@@ -1,12 +1,16 @@
-"""The front door: one port, a lean Trio path for event streams, Hypercorn for the rest.
+"""The lean front door: one port per process, h11 and wsproto on plain non-blocking sockets.
 
-Every connection starts here. h11 reads the first request head; an SSE or WebSocket
-stream request is served on the lean path (the room writes each viewer's batches with
-non-blocking ``send()`` on the plain socket, see ``rms.viewer``); anything else, or a
-stream request the lean path does not take (HTTP/1.0, an error to report), is handed to
-Hypercorn together with the bytes already read, and Hypercorn serves the connection from
-then on (keep-alive included). The ASGI app has its own, slower, SSE route for a stream
-request that arrives on a connection Hypercorn already owns.
+Every role mounts it. Every connection starts here: h11 reads each request head, and
+
+- ``GET /v1/videos/{id}/events`` (SSE) and ``/ws`` (WebSocket), where the process has
+  rooms (all-in-one, rms): served here, the room writing each viewer's batches with one
+  non-blocking ``send()`` (``rms.viewer``);
+- ``POST /v1/videos/{id}/comments``, where the process takes posts (all-in-one,
+  ingest): answered here through ``ingest.posting.PostPipeline``, and the connection may
+  carry the next request;
+- anything else (and HTTP/1.0, or any request while draining): handed to Hypercorn with
+  the bytes already read, and Hypercorn serves the connection from then on. Quart's own
+  SSE route serves a stream request that arrives on a connection Hypercorn already owns.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
@@ -37,10 +40,10 @@ from wsproto.utilities import RemoteProtocolError
 
 from domain.errors import BadRequest, LivecommentsError, PayloadTooLarge
 from domain.identity import TokenIssuer
-from domain.params import check_video, parse_id, stream_params
+from domain.metrics import Metrics
+from domain.params import parse_id, stream_params
 from domain.settings import Settings
-from ingest.posting import post_from_request
-from ingest.service import CommentService
+from ingest.posting import PostPipeline
 from rms.frames import Encoding, chunk, control, join
 from rms.room import Room, Rooms
 from rms.viewer import SocketViewer
@@ -56,6 +59,10 @@ WS_MESSAGE_LIMIT = 4096
 LINGER_S = 2.0  # after an answer with Connection: close, read what is in flight this long
 LINGER_BYTES = 1024 * 1024  # ... and at most this much
 RECV = 65536
+ACCEPT_BURST = 512  # connections taken from the backlog before yielding to the loop
+ACCEPT_PAUSE_S = 0.1
+ACCEPT_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})  # that connection is gone
 
 Handoff = Callable[[socket.socket, bytes], Awaitable[None]]
 # What a lean stream needs once its head is answered: room, user, encoding, first bytes, ws.
@@ -63,20 +70,23 @@ Opened = tuple["Room", str | None, Encoding, bytes, WSConnection | None]
 
 
 class FrontDoor:
+    """The lean HTTP/1.1 front door of every role: ``rooms`` where the process serves
+    streams (all-in-one, rms), ``pipeline`` where it takes posts (all-in-one, ingest).
+    What it does not serve goes to ``handoff``."""
+
     def __init__(
         self,
         settings: Settings,
-        rooms: Rooms,
         issuer: TokenIssuer,
-        metrics: Any,
+        metrics: Metrics,
         handoff: Handoff,
-        comments: CommentService | None = None,
+        *,
+        rooms: Rooms | None = None,
+        pipeline: PostPipeline | None = None,
     ) -> None:
         self.settings = settings
-        # Where ingest runs in this process, posts are answered here, without the ASGI
-        # stack: a post costs a fraction of what it costs through Hypercorn and Quart.
-        self.comments = comments
         self.rooms = rooms
+        self.pipeline = pipeline
         self.issuer = issuer
         self.metrics = metrics
         self.handoff = handoff
@@ -84,6 +94,13 @@ class FrontDoor:
         self._listeners: list[socket.socket] = []
         self._nursery: trio.Nursery | None = None
         self.draining = False
+        self.open_connections = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no connection is open (a graceful stop waits for this, bounded)."""
+        await self._idle.wait()
 
     async def serve(
         self, listeners: list[socket.socket], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -105,25 +122,30 @@ class FrontDoor:
             lsock.close()
 
     async def _accept_loop(self, lsock: socket.socket, nursery: trio.Nursery) -> None:
+        """Accept until the listener closes. As trio's ``serve_listeners``: out of file
+        descriptors or memory, log and pause (the connections we have go on); a
+        connection that died in the backlog, skip; anything else is a bug, raised."""
         while self.accepting:
             try:
                 await trio.lowlevel.wait_readable(lsock)
             except (trio.ClosedResourceError, OSError, ValueError):
                 return
             # Take what the backlog holds (bounded, so one burst cannot starve the loop).
-            for _ in range(512):
+            for _ in range(ACCEPT_BURST):
                 try:
                     conn, _addr = lsock.accept()
                 except BlockingIOError:
                     break
                 except OSError as e:
-                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.warning("accept: %s; pausing accepts for 100 ms", e)
-                        await trio.sleep(0.1)
-                        break
                     if lsock.fileno() == -1:
-                        return
-                    break
+                        return  # stop_accepting closed it
+                    if e.errno in ACCEPT_PAUSE_ERRNOS:
+                        log.error("accept: %s; pausing accepts for %.0f ms", e, ACCEPT_PAUSE_S * 1000)
+                        await trio.sleep(ACCEPT_PAUSE_S)
+                        break
+                    if e.errno in ACCEPT_SKIP_ERRNOS:
+                        continue
+                    raise
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 nursery.start_soon(self._connection, conn)
@@ -131,6 +153,9 @@ class FrontDoor:
 
     async def _connection(self, sock: socket.socket) -> None:
         handed_off = False
+        self.open_connections += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
         try:
             opened = await self._open(sock)
             # Everything the request head needed (h11 state, raw bytes, headers) is gone
@@ -149,6 +174,9 @@ class FrontDoor:
             if not handed_off:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
+            self.open_connections -= 1
+            if self.open_connections == 0:
+                self._idle.set()
 
     async def _open(self, sock: socket.socket) -> Opened | bytes | None:
         """Read request heads; open a lean stream (its parts), answer a lean post and read
@@ -185,7 +213,7 @@ class FrontDoor:
             split = urlsplit(request.target.decode("latin-1"))
             lean = request.http_version == b"1.1" and not self.draining
             m = STREAM_PATH.match(split.path)
-            if m and request.method == b"GET" and lean:
+            if m and request.method == b"GET" and lean and self.rooms is not None:
                 headers = {k.lower(): v for k, v in request.headers}
                 video_id = unquote(m.group(1))
                 query = dict(parse_qsl(split.query, keep_blank_values=True))
@@ -194,7 +222,7 @@ class FrontDoor:
                 if headers.get(b"upgrade", b"").lower() == b"websocket":
                     return await self._websocket(sock, bytes(raw), video_id, query)
             p = POST_PATH.match(split.path)
-            if p and request.method == b"POST" and lean and self.comments is not None:
+            if p and request.method == b"POST" and lean and self.pipeline is not None:
                 if not await self._post(sock, conn, request, unquote(p.group(1))):
                     return None
                 conn.start_next_cycle()
@@ -207,28 +235,26 @@ class FrontDoor:
         """Answer ``POST /v1/videos/{id}/comments`` without the ASGI stack (the same checks
         and errors as the Quart route, through ``ingest.posting``). True when the
         connection may carry another request."""
-        assert self.comments is not None
+        assert self.pipeline is not None
         limit = self.settings.max_body
         headers = {k.lower().decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
-        auth, ctype = headers.get("authorization"), headers.get("content-type")
+        ctype = headers.get("content-type")
         status, body, extra = 201, b"", [(b"content-type", b"application/json")]
         try:
-            check_video(video_id)
-            self.issuer.from_header(auth)  # 401 before reading the body, as the Quart route
-            length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
-                raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            # 404, 401 and a declared 413 before reading the body, as the Quart route.
+            who = self.pipeline.authenticate(video_id, headers.get("authorization"), headers.get("content-length"))
             if conn.they_are_waiting_for_100_continue:
                 await _send_all(sock, conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             data = await self._read_body(sock, conn, limit)
             if data is None:
                 return False  # the client went away
-            comment = await post_from_request(self.comments, self.issuer, video_id, auth, ctype, data, limit)
+            comment = await self.pipeline.submit(video_id, who, ctype, data)
             body = json.dumps(comment.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
             extra.append((b"location", f"/v1/videos/{video_id}/comments/{comment.id}".encode()))
         except LivecommentsError as e:
             status, body = e.status, json.dumps(e.body()).encode()
             extra += [(k.lower().encode(), v.encode()) for k, v in e.headers().items()]
+        self.metrics.posts_served.labels("lean").inc()
         self.metrics.posts.labels(str(status)).inc()
         # Answered before the body was read (401, 413): a body of an allowed, declared size
         # is read and dropped after the answer, so the connection can carry the next
@@ -328,6 +354,7 @@ class FrontDoor:
         except LivecommentsError as e:
             await self._lc_error(sock, conn, e)
             return None
+        assert self.rooms is not None
         room = await self.rooms.get(video_id)
         user_id = params.identity.user_id if params.identity else None
         reset, entries = await room.catch_up(params.after, params.backlog, user_id)
@@ -371,6 +398,7 @@ class FrontDoor:
             out += ws.send(RejectData(data=body))
             await _send_all(sock, out)
             return None
+        assert self.rooms is not None
         room = await self.rooms.get(video_id)
         user_id = params.identity.user_id if params.identity else None
         reset, entries = await room.catch_up(params.after, params.backlog, user_id)

@@ -14,6 +14,7 @@ from policy.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ingest.moderation.bans import ModerationService
+    from ingest.posting import PostPipeline
     from ingest.service import CommentService
     from rms.room import Rooms
 
@@ -26,6 +27,7 @@ class Services:
     store: Store
     limiter: RateLimiter
     comments: CommentService | None = None  # present where ingest runs
+    pipeline: PostPipeline | None = None  # present where ingest runs
     moderation: ModerationService | None = None  # bans, settings, the log (where ingest runs)
     rooms: Rooms | None = None  # present where rms runs
     ready_checks: list[Any] = attrs.field(factory=list)  # async callables raising when not ready

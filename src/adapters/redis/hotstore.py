@@ -64,10 +64,6 @@ def comment_payload(comment: Comment) -> str:
     return '{"t":"c","c":' + record_json(comment) + "}"
 
 
-def visible(c: Comment, viewer_id: str | None) -> bool:
-    return not c.shadow or (viewer_id is not None and c.author.id == viewer_id)
-
-
 class LateComment(StoreUnavailable):
     """Redis refused the comment: its id's time is outside the reorder window."""
 
@@ -319,7 +315,7 @@ class ClusterStore:
         while len(out) < limit:
             want = limit - len(out) + 16
             page = await self.hot.newest(video_id, want, below)
-            out.extend(c for c in page if visible(c, viewer_id))
+            out.extend(c for c in page if c.visible_to(viewer_id))
             if len(page) < want:
                 break
             below = page[-1].id
@@ -333,7 +329,7 @@ class ClusterStore:
         while len(out) < limit:
             want = limit - len(out) + 16
             page = await self.hot.after(video_id, after_id, want, below)
-            out.extend(c for c in page if visible(c, viewer_id))
+            out.extend(c for c in page if c.visible_to(viewer_id))
             if len(page) < want:
                 break
             after_id = page[-1].id

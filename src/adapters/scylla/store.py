@@ -57,7 +57,7 @@ from cassandra.protocol import (
 from cassandra.query import tuple_factory
 
 from domain.ids import snowflake_ms
-from domain.model import Author, Comment
+from domain.model import Author, Comment, shown_to
 from domain.ports import StoreUnavailable
 
 DEFAULT_TTL_S = 14 * 86400
@@ -394,7 +394,7 @@ def _visible(copies: list[_Row], viewer_id: str | None) -> bool:
     if any(c.removed for c in copies):
         return False
     first = copies[0]
-    return not first.shadow or (viewer_id is not None and viewer_id == first.author_id)
+    return shown_to(first.shadow, first.author_id, viewer_id)
 
 
 class _PartitionIndex:

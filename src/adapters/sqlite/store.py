@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS comments (
 """
 
 _COLUMNS = "id, video_id, author_id, author_name, verified, text, created_at, client_id, shadow, streamer"
-_VISIBLE = "removed = 0 AND (shadow = 0 OR author_id = ?)"
+_VISIBLE = "removed = 0 AND (shadow = 0 OR author_id = ?)"  # domain.model.shown_to, in SQL
 
 
 def _row(r: tuple[Any, ...]) -> Comment:
