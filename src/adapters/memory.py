@@ -1,4 +1,4 @@
-"""The in-process adapters of the all-in-one server.
+"""The in-process adapters of the all-in-one server: the bus and the broker.
 
 ``InProcessBus`` is the ``domain.ports.Bus`` as a dict of handlers (the Redis adapter
 implements the same port over Redis pub/sub). Handlers are plain functions that must not
@@ -7,9 +7,16 @@ block: a room's handler only appends to its ring and wakes its flush task.
 
 from __future__ import annotations
 
-import attrs
+import logging
 
-from domain.ports import BusEvent, Handler
+import attrs
+import trio
+
+from domain.model import Comment
+from domain.ports import Bus, BusEvent, Handler, Store, StoreUnavailable
+from policy.ordering import PublishOrder
+
+log = logging.getLogger("livecomments.broker")
 
 
 @attrs.define
@@ -32,3 +39,45 @@ class InProcessBus:
 
     def channels(self) -> int:
         return len(self._handlers)
+
+
+class LocalBroker:
+    """The ``Broker`` of one process: the store's durable append, then the bus.
+
+    Each process publishes in id order (``PublishOrder``): a comment whose append
+    finished first waits for an older id still being written. A bus failure after the
+    store accepted is not the poster's error: the comment is kept and reaches viewers
+    through backlog and replay."""
+
+    def __init__(self, store: Store, bus: Bus, *, append_timeout_s: float = 30.0) -> None:
+        self.store = store
+        self.bus = bus
+        self.append_timeout_s = append_timeout_s
+        self.order: PublishOrder[Comment] = PublishOrder()
+        self._publish_lock = trio.Lock()
+
+    async def publish(self, comment: Comment) -> int:
+        self.order.begin(comment.id)
+        stored: Comment | None = None
+        try:
+            try:
+                with trio.fail_after(self.append_timeout_s):
+                    await self.store.append(comment)
+            except trio.TooSlowError:
+                raise StoreUnavailable(f"the store took over {self.append_timeout_s:g} s") from None
+            stored = comment
+        finally:
+            await self._publish_ready(self.order.finish(comment.id, stored))
+        return comment.id
+
+    async def _publish_ready(self, ready: list[Comment]) -> None:
+        """Publish released comments in id order (the lock is FIFO and taken without a
+        wait when free, so batches go out in the order the releases happened)."""
+        if not ready:
+            return
+        async with self._publish_lock:
+            for c in ready:
+                try:
+                    await self.bus.publish(c.video_id, c)
+                except Exception as e:  # stored: viewers get it by replay; the poster gets 201
+                    log.warning("publish failed for %s/%s: %s", c.video_id, c.id, e)

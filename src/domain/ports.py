@@ -59,3 +59,15 @@ class Bus(Protocol):
     async def subscribe(self, video_id: str, handler: Handler) -> None: ...
 
     async def unsubscribe(self, video_id: str, handler: Handler) -> None: ...
+
+
+class Broker(Protocol):
+    """Where an accepted comment goes: ``publish`` appends it to the video's recent
+    history and fans it out to the video's rooms, as one step, and returns its position
+    (its id, by which the history is ordered and ``Last-Event-ID`` resumes). In the
+    all-in-one server that is the store's append, then the in-process bus, in id order
+    (``adapters.memory.LocalBroker``); in a cluster, one Lua script on the video's Redis
+    slot (``adapters.redis.broker.RedisBroker``). Raises ``StoreUnavailable`` when the
+    comment could not be kept: then it was not published either."""
+
+    async def publish(self, comment: Comment) -> int: ...

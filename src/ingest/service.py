@@ -1,10 +1,9 @@
-"""Posting and deleting comments, independent of HTTP.
+"""Posting, deleting and reacting to comments, independent of HTTP.
 
-The order of a post is the contract's: the text is checked first (so refused posts do
-not count against the rate limit), then the rate limit, then the comment gets its
-Snowflake id, is stored (durably: 201 means it is on disk), and only then published to
-the bus. A bus failure after the store accepted is not the poster's error: the comment
-is kept and reaches viewers through backlog and replay.
+The order of a post is the contract's: bans first (403), then the text (so refused posts
+do not count against the rate limit), then slow mode and the rate limit, then the
+comment gets its Snowflake id and goes to the ``Broker``, which keeps it (201 means it is
+kept) and fans it out. Transports reach ``post`` through ``ingest.posting.PostPipeline``.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from domain.errors import Forbidden, NotFound, RateLimited, Unavailable, Unproce
 from domain.identity import Identity
 from domain.ids import SnowflakeGenerator
 from domain.model import Author, Comment, Reaction, Removal
-from domain.ports import Bus, Store, StoreUnavailable
+from domain.ports import Broker, Bus, Store, StoreUnavailable
 from domain.settings import Settings
-from policy.ordering import PublishOrder
 from policy.rate import Rate
 from policy.ratelimit import RateLimiter
 
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("livecomments.ingest")
 
 CLIENT_ID_MAX = 128
-STORE_TIMEOUT_S = 30.0  # a post waits this long for the store before 503
 
 
 # Format characters a comment may carry: joiners (emoji sequences, Indic scripts) and
@@ -76,6 +73,7 @@ class CommentService:
     def __init__(
         self,
         settings: Settings,
+        broker: Broker,
         store: Store,
         bus: Bus,
         limiter: RateLimiter,
@@ -86,8 +84,9 @@ class CommentService:
         queue: ModerationQueue | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.bus = bus
+        self.broker = broker  # accepted comments: stored and fanned out
+        self.store = store  # reads and tombstones
+        self.bus = bus  # removals and reactions
         self.limiter = limiter
         self.metrics = metrics
         self.moderation = moderation  # bans and slow mode (in-memory cache), the log
@@ -95,8 +94,6 @@ class CommentService:
         self.rule = Rate.from_text(settings.rate_limit)
         self.reaction_rule = Rate.from_text(settings.reaction_rate_limit)
         self.ids = SnowflakeGenerator(settings.worker_id)
-        self.order: PublishOrder[Comment] = PublishOrder()
-        self._publish_lock = trio.Lock()
         self.wall_ms = wall_ms
 
     async def post(self, video_id: str, who: Identity, text: object, client_id: object = None) -> Comment:
@@ -127,36 +124,18 @@ class CommentService:
             shadow=policy is not None and policy.shadow,
             streamer=who.is_streamer(video_id),
         )
-        self.order.begin(comment.id)
-        stored: Comment | None = None
         # Shielded: a poster who hangs up mid-commit does not leave a comment stored but
-        # never published (and never released from the publish order). Bounded instead.
+        # never published (the broker bounds the wait itself).
         with trio.CancelScope(shield=True):
             try:
-                with trio.fail_after(STORE_TIMEOUT_S):
-                    await self.store.append(comment)
-                stored = comment
-            except (StoreUnavailable, trio.TooSlowError) as e:
+                await self.broker.publish(comment)
+            except StoreUnavailable as e:
                 raise Unavailable(f"comments cannot be stored right now: {e}") from None
-            finally:
-                await self._publish_ready(self.order.finish(comment.id, stored))
         if self.queue is not None and not comment.shadow:
             # Never waits: a full queue means this comment skips automod (counted).
             # Shadowed comments reach nobody else, so there is nothing to protect.
             self.queue.offer(comment)
         return comment
-
-    async def _publish_ready(self, ready: list[Comment]) -> None:
-        """Publish released comments in id order (the lock is FIFO and taken without a
-        wait when free, so batches go out in the order the releases happened)."""
-        if not ready:
-            return
-        async with self._publish_lock:
-            for c in ready:
-                try:
-                    await self.bus.publish(c.video_id, c)
-                except Exception as e:  # stored: viewers get it by replay; the poster gets 201
-                    log.warning("publish failed for %s/%s: %s", c.video_id, c.id, e)
 
     async def delete(self, video_id: str, comment_id: int, who: Identity) -> None:
         try:

@@ -107,6 +107,7 @@ def asgi(app: Any, settings: Settings) -> Any:
 
 
 async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
+    from adapters.redis.broker import RedisBroker
     from adapters.redis.bus import RedisBus
     from adapters.redis.hotstore import ClusterStore, HotStore
     from adapters.redis.moderation import RedisModerationQueue, RedisModerationStore
@@ -131,13 +132,13 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
             c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms
         )
         store = ClusterStore(hot, c.cold)
-        bus = RedisBus(c.redis, c.keys, publish_comments=False)
+        bus = RedisBus(c.redis, c.keys)
         limiter = RedisRateLimiter(c.redis, c.keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
         mod_queue = RedisModerationQueue(c.redis, c.keys, mod_metrics, buffer=settings.moderation_queue)
         comments = CommentService(
-            settings, store, bus, limiter, c.metrics, moderation=moderation, queue=mod_queue
+            settings, RedisBroker(hot), store, bus, limiter, c.metrics, moderation=moderation, queue=mod_queue
         )
         pipeline = PostPipeline(comments, c.issuer, settings.max_body)
         svc = Services(
@@ -332,6 +333,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
     """Automod workers of a cluster: drain the moderation streams (a consumer group, so
     several workers share them and a crashed worker's entries are claimed by another)
     and remove what the rules or the classifier flag, as a delete would."""
+    from adapters.redis.broker import RedisBroker
     from adapters.redis.bus import RedisBus
     from adapters.redis.hotstore import ClusterStore, HotStore
     from adapters.redis.moderation import RedisModerationSource, RedisModerationStore
@@ -353,7 +355,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
         remover = CommentService(
-            settings, ClusterStore(hot, cold), RedisBus(redis, keys, publish_comments=False), RedisRateLimiter(redis, keys),
+            settings, RedisBroker(hot), ClusterStore(hot, cold), RedisBus(redis, keys), RedisRateLimiter(redis, keys),
             metrics, moderation=moderation,
         )
         automod = Automod.from_settings(settings, ModerationMetrics(metrics.registry))

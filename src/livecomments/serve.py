@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from adapters.memory import InProcessBus
+from adapters.memory import InProcessBus, LocalBroker
 from adapters.sqlite.moderation import SqliteModerationStore
 from domain.identity import TokenIssuer, signing_key
 from domain.metrics import Metrics
@@ -79,7 +79,9 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
         mod_queue = InProcessQueue(settings.moderation_queue, mod_metrics)
-        comments = CommentService(settings, store, bus, limiter, metrics, moderation=moderation, queue=mod_queue)
+        comments = CommentService(
+            settings, LocalBroker(store, bus), store, bus, limiter, metrics, moderation=moderation, queue=mod_queue
+        )
         pipeline = PostPipeline(comments, issuer, settings.max_body)
         automod.remover = comments
         svc = Services(

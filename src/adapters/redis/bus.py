@@ -176,8 +176,8 @@ GapHook = Callable[[str, int, int], None]
 class RedisBus:
     """The ``Bus`` protocol over Redis pub/sub. ``run`` owns the subscriber connection.
 
-    ``publish_comments=False`` (ingest with the hot store): comments are published by the
-    hot store's append script, atomically with the write, so ``publish`` skips them.
+    Ingest publishes removals and reactions here; comments are published by the
+    ``RedisBroker`` (the hot store's append script), atomically with their write.
     ``recent(video, after_id, limit)`` reads the hot store for joining and backfill;
     ``removed_since(video, ms)`` the tombstones; ``on_gap(video, first_id, missed)`` is
     told when a backfill had to give up on more than ``backfill_max`` comments.
@@ -189,7 +189,6 @@ class RedisBus:
         keys: Keys,
         *,
         hold_ms: int = 350,
-        publish_comments: bool = True,
         recent: Backfill | None = None,
         removed_since: RemovedSince | None = None,
         backfill_max: int = 10_000,
@@ -200,7 +199,6 @@ class RedisBus:
         self.redis = redis
         self.keys = keys
         self.buffer = ReorderBuffer(hold_ms)
-        self.publish_comments = publish_comments
         self.recent = recent
         self.removed_since = removed_since
         self.backfill_max = backfill_max
@@ -222,8 +220,6 @@ class RedisBus:
     # -- the Bus protocol -----------------------------------------------------------------
 
     async def publish(self, video_id: str, event: BusEvent) -> None:
-        if isinstance(event, Comment) and not self.publish_comments:
-            return
         try:
             await self.redis.publish(self.keys.channel(video_id), encode(event))
         except REDIS_ERRORS as e:
