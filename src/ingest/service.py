@@ -19,6 +19,7 @@ import trio
 from domain.errors import Forbidden, NotFound, RateLimited, Unavailable, Unprocessable
 from domain.identity import Identity
 from domain.ids import SnowflakeGenerator
+from domain.metrics import Metrics
 from domain.model import Author, Comment, Reaction, Removal
 from domain.ports import Broker, Bus, Store, StoreUnavailable
 from domain.settings import Settings
@@ -77,7 +78,7 @@ class CommentService:
         store: Store,
         bus: Bus,
         limiter: RateLimiter,
-        metrics: Any,
+        metrics: Metrics,
         *,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         moderation: ModerationService | None = None,

@@ -29,6 +29,8 @@ import attrs
 import trio
 
 from adapters.redis.client import REDIS_ERRORS, Keys, Redis, open_redis
+from domain.identity import TokenIssuer
+from domain.metrics import Metrics
 from domain.ports import Store, StoreUnavailable
 from domain.settings import Settings
 from livecomments.serve import drain, listen, wait_for_signal
@@ -66,15 +68,14 @@ class Common:
     redis: Redis
     keys: Keys
     cold: Store
-    issuer: Any
-    metrics: Any
+    issuer: TokenIssuer
+    metrics: Metrics
     lsock: socket.socket
 
 
 @asynccontextmanager
 async def common(settings: Settings) -> AsyncIterator[Common]:
-    from domain.identity import TokenIssuer, signing_key
-    from domain.metrics import Metrics
+    from domain.identity import signing_key
 
     quiet_client_logs()
     await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -346,7 +347,6 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
     await trio.Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     keys = keys_for(settings)
     me = node_id(settings, "moderate")
-    from domain.metrics import Metrics
 
     metrics = Metrics()
     async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_store(settings, wait_for_cql=False) as cold:

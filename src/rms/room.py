@@ -21,6 +21,7 @@ from backpressure.pacer import FlushPacer
 from backpressure.sampler import Candidate, Sampler
 from backpressure.tiers import Mode, Thresholds, TierController
 from backpressure.velocity import Velocity
+from domain.metrics import Metrics
 from domain.model import Comment, ModeChange, Reaction, Removal
 from domain.ports import Bus, BusEvent, Store
 from domain.settings import Settings
@@ -374,7 +375,7 @@ class Room:
 class Rooms:
     """The rooms of this node, owned by the nursery that ``run`` opens."""
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, metrics: Any) -> None:
+    def __init__(self, settings: Settings, store: Store, bus: Bus, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus

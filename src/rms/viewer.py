@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any
 
 import trio
 
 from backpressure.outbound import OutboundQueue
+from domain.metrics import Metrics
 from rms.frames import Encoding, gap_encoder
 
 # After a partial send, a drainer waits this long before trying again (one busy flush
@@ -67,7 +67,7 @@ class SocketViewer(Viewer):
         encoding: Encoding,
         limit: int,
         stuck_s: float,
-        stats: Any,
+        stats: Metrics,
     ) -> None:
         super().__init__(user_id, encoding, limit, stuck_s)
         self.sock = sock
@@ -160,7 +160,7 @@ class QueueViewer(Viewer):
 
     __slots__ = ("stats", "wake")
 
-    def __init__(self, user_id: str | None, encoding: Encoding, limit: int, stuck_s: float, stats: Any) -> None:
+    def __init__(self, user_id: str | None, encoding: Encoding, limit: int, stuck_s: float, stats: Metrics) -> None:
         super().__init__(user_id, encoding, limit, stuck_s)
         self.wake = trio.Event()
         self.stats = stats
