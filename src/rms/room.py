@@ -23,6 +23,7 @@ from backpressure.tiers import Mode, Thresholds, TierController
 from backpressure.velocity import Velocity
 from domain.metrics import Metrics
 from domain.model import Comment, ModeChange, Reaction, Removal
+from domain.params import StreamParams
 from domain.ports import Bus, BusEvent, Store
 from domain.settings import Settings
 from ringbuf import Ring, TooOld
@@ -438,6 +439,15 @@ class Rooms:
             self._nursery = nursery
             nursery.start_soon(self.tier_loop)
             task_status.started()
+
+    async def open_stream(self, params: StreamParams, encoding: Encoding) -> tuple[Room, str | None, bytes]:
+        """A new viewer's room, its user id, and the bytes it gets first (for SSE: the
+        ``retry`` field, then the room's opening), whichever transport serves it."""
+        room = await self.get(params.video_id)
+        user_id = params.identity.user_id if params.identity else None
+        reset, entries = await room.catch_up(params.after, params.backlog, user_id)
+        retry = b"" if encoding is Encoding.WS else b"retry: %d\n\n" % self.settings.retry_ms
+        return room, user_id, retry + room.opening(encoding, reset, entries)
 
     async def get(self, video_id: str) -> Room:
         """The video's room, created (and its history loaded) if it has none."""

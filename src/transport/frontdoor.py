@@ -355,9 +355,7 @@ class FrontDoor:
             await self._lc_error(sock, conn, e)
             return None
         assert self.rooms is not None
-        room = await self.rooms.get(video_id)
-        user_id = params.identity.user_id if params.identity else None
-        reset, entries = await room.catch_up(params.after, params.backlog, user_id)
+        room, user_id, first = await self.rooms.open_stream(params, Encoding.SSE)
         head = conn.send(
             h11.Response(
                 status_code=200,
@@ -369,7 +367,6 @@ class FrontDoor:
                 ],
             )
         )
-        first = b"retry: %d\n\n" % s.retry_ms + room.opening(Encoding.SSE, reset, entries)
         return room, user_id, Encoding.SSE, (head or b"") + chunk(first), None
 
     # -- WebSocket ------------------------------------------------------------------------
@@ -399,11 +396,8 @@ class FrontDoor:
             await _send_all(sock, out)
             return None
         assert self.rooms is not None
-        room = await self.rooms.get(video_id)
-        user_id = params.identity.user_id if params.identity else None
-        reset, entries = await room.catch_up(params.after, params.backlog, user_id)
-        first = ws.send(AcceptConnection()) + room.opening(Encoding.WS, reset, entries)
-        return room, user_id, Encoding.WS, first, ws
+        room, user_id, first = await self.rooms.open_stream(params, Encoding.WS)
+        return room, user_id, Encoding.WS, ws.send(AcceptConnection()) + first, ws
 
     async def _ws_input(self, ws: WSConnection, viewer: SocketViewer, room: Room, data: bytes, buf: list[str]) -> bool:
         """Handle client frames; False when the connection should end."""

@@ -11,18 +11,22 @@ from quart import Blueprint, Response, request
 from domain.errors import NotFound
 from domain.params import check_video, parse_float, parse_id, parse_int, stream_params
 from rms.frames import Encoding
-from rms.room import Room
+from rms.room import Room, Rooms
 from rms.viewer import QueueViewer
 from transport.web import json_response, optional_identity, services
 
 bp = Blueprint("rms", __name__)
 
 
-async def _room(video_id: str) -> Room:
+def _rooms() -> Rooms:
     rooms = services().rooms
     if rooms is None:
         raise NotFound("this node does not serve streams", code="not_rms")
-    return await rooms.get(video_id)
+    return rooms
+
+
+async def _room(video_id: str) -> Room:
+    return await _rooms().get(video_id)
 
 
 @bp.get("/v1/videos/<video_id>/events")
@@ -30,11 +34,8 @@ async def events(video_id: str) -> Response:
     svc = services()
     s = svc.settings
     params = stream_params(s, svc.issuer, video_id, request.args, request.headers.get("Last-Event-ID"))
-    room = await _room(video_id)
-    user_id = params.identity.user_id if params.identity else None
-    reset, entries = await room.catch_up(params.after, params.backlog, user_id)
+    room, user_id, first = await _rooms().open_stream(params, Encoding.SSE_PLAIN)
     viewer = QueueViewer(user_id, Encoding.SSE_PLAIN, s.viewer_buffer, s.stuck_s, svc.metrics)
-    first = b"retry: %d\n\n" % s.retry_ms + room.opening(Encoding.SSE_PLAIN, reset, entries)
     viewer.control(first, trio.current_time())
     room.join(viewer)
     svc.metrics.connections.labels("sse-asgi").inc()
