@@ -109,6 +109,16 @@ class Reaction:
 
 
 @attrs.frozen
+class BusGap:
+    """The bus came back after an outage but could not bring every comment through
+    live: ``missed`` comments before ``first_id`` will only be in the store."""
+
+    video_id: str
+    first_id: int
+    missed: int
+
+
+@attrs.frozen
 class ModeChange:
     """A video's fan-out mode, decided once for the whole cluster."""
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from domain.model import Comment, ModeChange, Reaction, Removal
+from backpressure.tiers import Mode
+from domain.model import BusGap, Comment, ModeChange, Reaction, Removal
 
 
 class StoreUnavailable(Exception):
@@ -49,7 +50,7 @@ class Store(Protocol):
 
 # -- the bus between ingest and rms: one channel per video ------------------------------
 
-BusEvent = Comment | Removal | Reaction | ModeChange
+BusEvent = Comment | Removal | Reaction | ModeChange | BusGap
 Handler = Callable[[BusEvent], None]
 
 
@@ -71,3 +72,27 @@ class Broker(Protocol):
     comment could not be kept: then it was not published either."""
 
     async def publish(self, comment: Comment) -> int: ...
+
+
+class Presence(Protocol):
+    """A video's audience over every realtime node, and one fan-out mode for all of them.
+    The all-in-one server counts its own viewers (``rms.room.LocalPresence``); a cluster
+    sums every rms node's counts in Redis and decides modes with one script
+    (``adapters.redis.presence.Presence``)."""
+
+    async def total_viewers(self, video_id: str, local: int) -> int:
+        """The video's viewers everywhere, given ``local`` on this node."""
+        ...
+
+    async def agree_mode(self, video_id: str, current: Mode, proposed: Mode) -> Mode | None:
+        """The mode every node is to use after this node proposed ``proposed``; None
+        when no decision could be made now (the node proposes again later)."""
+        ...
+
+
+class SnapshotSource(Protocol):
+    """Where ``snapshot.json`` comes from in cdn mode when not from this node's ring."""
+
+    async def fetch(self, video_id: str) -> tuple[bytes, str] | None:
+        """(body, ETag) of the video's published snapshot, or None when there is none."""
+        ...

@@ -217,13 +217,6 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
         hot = HotStore(
             c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms
         )
-        rooms_box: list[Rooms] = []
-
-        def on_gap(video_id: str, first_id: int, missed: int) -> None:
-            room = rooms_box[0].rooms.get(video_id) if rooms_box else None
-            if room is not None:
-                room.backfill_gap(first_id, missed)
-
         recent_store = ClusterStore(hot, c.cold)
         bus = RedisBus(
             c.redis,
@@ -232,12 +225,9 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
             recent=recent_store.recent_all,
             removed_since=hot.removed_since,
             backfill_max=settings.backfill_max,
-            on_gap=on_gap,
             metrics=c.metrics,
         )
         store = ClusterStore(hot, c.cold, read_bound=bus.read_bound)
-        rooms = Rooms(settings, store, bus, c.metrics)
-        rooms_box.append(rooms)
         presence = Presence(
             c.redis,
             c.keys,
@@ -247,10 +237,8 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
             min_dwell_s=settings.tier_min_dwell_s,
             metrics=c.metrics,
         )
-        rooms.count_viewers = presence.count_viewers_hook(rooms)
-        rooms.decide = presence.decide_hook()
         snapshots = SnapshotPublisher(c.redis, c.keys, me, interval_s=settings.snapshot_interval_s)
-        rooms.snapshot_source = snapshots.fetch
+        rooms = Rooms(settings, store, bus, c.metrics, presence=presence, snapshots=snapshots)
         svc = Services(
             settings=settings,
             issuer=c.issuer,

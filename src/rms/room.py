@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -22,9 +22,9 @@ from backpressure.sampler import Candidate, Sampler
 from backpressure.tiers import Mode, Thresholds, TierController
 from backpressure.velocity import Velocity
 from domain.metrics import Metrics
-from domain.model import Comment, ModeChange, Reaction, Removal
+from domain.model import BusGap, Comment, ModeChange, Reaction, Removal
 from domain.params import StreamParams
-from domain.ports import Bus, BusEvent, Store
+from domain.ports import Bus, BusEvent, Presence, SnapshotSource, Store
 from domain.settings import Settings
 from ringbuf import Ring, TooOld
 from rms.frames import Encoding, Entry, control, heartbeat, join, wrap
@@ -86,6 +86,8 @@ class Room:
             reacted = self.ring.get(event.comment_id)
             if reacted is not None:
                 reacted.reactions += 1
+        elif isinstance(event, BusGap):
+            self.backfill_gap(event.first_id, event.missed)
         elif isinstance(event, ModeChange):
             if event.mode in ("push", "sampled", "cdn") and event.mode != self.mode:
                 self.set_mode(event.mode)  # type: ignore[arg-type]
@@ -183,6 +185,17 @@ class Room:
             self.owner.viewer_left()
             self._last_used = trio.current_time()
             self._wake.set()
+
+    def settle_mode(self, agreed: Mode | None) -> None:
+        """The outcome of this room's proposal to change mode (``Presence.agree_mode``):
+        the mode every node uses from now on, or None to propose again on a later tick."""
+        if agreed is None:
+            self.tier.mode = self.mode
+            return
+        self.tier.mode = agreed
+        self.tier.changed_at = trio.current_time()
+        if agreed != self.mode:
+            self.set_mode(agreed)
 
     def set_mode(self, mode: Mode) -> None:
         """Switch the fan-out mode and tell every viewer (``mode`` event)."""
@@ -373,10 +386,30 @@ class Room:
         return self._snapshot[1], self._snapshot[2]
 
 
+class LocalPresence:
+    """The ``Presence`` of a process that is the whole cluster: its own viewers, its
+    own decisions."""
+
+    async def total_viewers(self, video_id: str, local: int) -> int:
+        return local
+
+    async def agree_mode(self, video_id: str, current: Mode, proposed: Mode) -> Mode | None:
+        return proposed
+
+
 class Rooms:
     """The rooms of this node, owned by the nursery that ``run`` opens."""
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        metrics: Metrics,
+        *,
+        presence: Presence | None = None,
+        snapshots: SnapshotSource | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
@@ -392,19 +425,8 @@ class Rooms:
             settings.tier_cdn_below,
             settings.tier_min_dwell_s,
         )
-        # How many viewers a video has in total. A cluster replaces this with the sum
-        # over every rms node (and decides modes once for all nodes, see ``decide``).
-        self.count_viewers: Callable[[str], Awaitable[int]] = self._local_count
-        self.decide: Callable[[Room, Mode], Awaitable[None]] = self._decide_locally
-        # Where snapshot.json comes from in cdn mode when not from this node's ring
-        # (a cluster serves the one its snapshot writer published).
-        self.snapshot_source: Callable[[Room], Awaitable[tuple[bytes, str] | None]] | None = None
-
-    async def _local_count(self, video_id: str) -> int:
-        return self.viewer_count(video_id)
-
-    async def _decide_locally(self, room: Room, mode: Mode) -> None:
-        room.set_mode(mode)
+        self.presence: Presence = presence if presence is not None else LocalPresence()
+        self.snapshots = snapshots
 
     async def tier_loop(self, interval: float = 1.0) -> None:
         """Once a second, feed each room's total viewers to its tier controller."""
@@ -412,10 +434,10 @@ class Rooms:
             await trio.sleep(interval)
             now = trio.current_time()
             for room in list(self.rooms.values()):
-                total = await self.count_viewers(room.video_id)
+                total = await self.presence.total_viewers(room.video_id, len(room.viewers))
                 change = room.tier.observe(total, now)
                 if change is not None:
-                    await self.decide(room, change)
+                    room.settle_mode(await self.presence.agree_mode(room.video_id, room.mode, change))
             self.metrics.tier_evaluations.inc()
 
     def viewer_joined(self) -> None:
@@ -466,6 +488,16 @@ class Rooms:
     def forget(self, room: Room) -> None:
         if self.rooms.get(room.video_id) is room:
             del self.rooms[room.video_id]
+
+    async def snapshot(self, room: Room) -> tuple[bytes, str]:
+        """``snapshot.json`` of the room's video, (body, ETag): in cdn mode the one the
+        cluster published, when there is a ``SnapshotSource`` and it has one; otherwise
+        this node's own."""
+        if self.snapshots is not None and room.mode == "cdn":
+            published = await self.snapshots.fetch(room.video_id)
+            if published is not None:
+                return published
+        return room.snapshot()
 
     def viewer_count(self, video_id: str) -> int:
         room = self.rooms.get(video_id)

@@ -114,10 +114,8 @@ async def _long_poll(video_id: str) -> Response:
 @bp.get("/v1/videos/<video_id>/snapshot.json")
 async def snapshot(video_id: str) -> Response:
     check_video(video_id)
-    room = await _room(video_id)
-    source = services().rooms.snapshot_source  # type: ignore[union-attr]
-    published = await source(room) if source is not None else None
-    body, etag = published if published is not None else room.snapshot()
+    rooms = _rooms()
+    body, etag = await rooms.snapshot(await rooms.get(video_id))
     headers = {"Cache-Control": "public, max-age=1", "ETag": etag}
     inm = request.headers.get("If-None-Match")
     if inm and etag in [t.strip() for t in inm.split(",")]:

@@ -17,7 +17,6 @@ from adapters.redis.persist import PersistWorker
 from adapters.redis.presence import Presence
 from adapters.redis.ratelimit import RedisRateLimiter
 from adapters.sqlite.store import SqliteStore
-from backpressure.tiers import Thresholds, TierController
 from domain.errors import Unavailable
 from domain.ids import SnowflakeGenerator
 from domain.model import Author, Comment, Removal
@@ -297,26 +296,12 @@ async def test_viewer_counts_sum_over_nodes_and_expire(redis: Any, keys: Keys) -
     assert await b.total("v1") == 0
 
 
-class FakeRoom:
-    def __init__(self, video_id: str) -> None:
-        self.video_id = video_id
-        self.mode = "push"
-        self.tier = TierController(Thresholds(10, 5, 20, 15, 10.0))
-
-    def set_mode(self, mode: str) -> None:
-        self.mode = mode
-
-
 async def test_modes_are_decided_once_for_the_cluster(redis: Any, keys: Keys) -> None:
-    decide_a = Presence(redis, keys, "rms-a", min_dwell_s=10.0).decide_hook()
-    decide_b = Presence(redis, keys, "rms-b", min_dwell_s=10.0).decide_hook()
-    room_a, room_b = FakeRoom("v1"), FakeRoom("v1")
-    await decide_a(room_a, "sampled")  # type: ignore[arg-type]
-    assert room_a.mode == "sampled"
-    # rms-b still thinks "push" and proposes "cdn": stale, it adopts the cluster's mode.
-    await decide_b(room_b, "cdn")  # type: ignore[arg-type]
-    assert room_b.mode == "sampled" and room_b.tier.mode == "sampled"
+    a = Presence(redis, keys, "rms-a", min_dwell_s=10.0)
+    b = Presence(redis, keys, "rms-b", min_dwell_s=10.0)
+    assert await a.agree_mode("v1", "push", "sampled") == "sampled"
+    # rms-b still thinks "push" and proposes "cdn": stale, it is told the cluster's mode.
+    assert await b.agree_mode("v1", "push", "cdn") == "sampled"
     # No change back within the dwell time, whoever asks.
-    await decide_a(room_a, "push")  # type: ignore[arg-type]
-    assert room_a.mode == "sampled"
+    assert await a.agree_mode("v1", "sampled", "push") == "sampled"
     assert await Presence(redis, keys, "x").mode("v1") == "sampled"

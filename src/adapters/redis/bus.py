@@ -53,7 +53,7 @@ import trio
 from adapters.redis.client import REDIS_ERRORS, Keys, Redis
 from domain.errors import Unavailable
 from domain.ids import lowest_id_at, snowflake_ms
-from domain.model import Comment, ModeChange, Reaction, Removal
+from domain.model import BusGap, Comment, ModeChange, Reaction, Removal
 from domain.ports import BusEvent, Handler, StoreUnavailable
 
 log = logging.getLogger("adapters.memory")
@@ -76,7 +76,9 @@ def encode(event: BusEvent) -> str:
         return json.dumps(d)
     if isinstance(event, Reaction):
         return json.dumps({"t": "x", "v": event.video_id, "id": str(event.comment_id)})
-    return json.dumps({"t": "m", "v": event.video_id, "mode": event.mode})
+    if isinstance(event, ModeChange):
+        return json.dumps({"t": "m", "v": event.video_id, "mode": event.mode})
+    raise TypeError(f"{type(event).__name__} is news of this node's own bus, never published")
 
 
 def decode(data: bytes | str) -> BusEvent | None:
@@ -170,7 +172,6 @@ class ReorderBuffer:
 
 Backfill = Callable[[str, int, int], Awaitable[list[Comment]]]
 RemovedSince = Callable[[str, int], Awaitable[list[Removal]]]
-GapHook = Callable[[str, int, int], None]
 
 
 class RedisBus:
@@ -179,8 +180,8 @@ class RedisBus:
     Ingest publishes removals and reactions here; comments are published by the
     ``RedisBroker`` (the hot store's append script), atomically with their write.
     ``recent(video, after_id, limit)`` reads the hot store for joining and backfill;
-    ``removed_since(video, ms)`` the tombstones; ``on_gap(video, first_id, missed)`` is
-    told when a backfill had to give up on more than ``backfill_max`` comments.
+    ``removed_since(video, ms)`` the tombstones. When a backfill has to give up on more
+    than ``backfill_max`` comments, the video's handlers get a ``BusGap``.
     """
 
     def __init__(
@@ -192,7 +193,6 @@ class RedisBus:
         recent: Backfill | None = None,
         removed_since: RemovedSince | None = None,
         backfill_max: int = 10_000,
-        on_gap: GapHook | None = None,
         metrics: Any = None,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
@@ -202,7 +202,6 @@ class RedisBus:
         self.recent = recent
         self.removed_since = removed_since
         self.backfill_max = backfill_max
-        self.on_gap = on_gap
         self.wall_ms = wall_ms
         self.connected = False
         self.reconnects = 0
@@ -404,8 +403,9 @@ class RedisBus:
             return 0  # the room left meanwhile
         if total > len(kept) and kept:
             log.warning("bus: %s: %d comment(s) too many to backfill live; skipped", ch.video_id, total - len(kept))
-            if self.on_gap is not None:
-                self.on_gap(ch.video_id, kept[0].id, total - len(kept))
+            gap = BusGap(ch.video_id, kept[0].id, total - len(kept))
+            for handler in list(ch.handlers):
+                handler(gap)
         added = 0
         for c in kept:
             added += self.buffer.add(ch.video_id, c)

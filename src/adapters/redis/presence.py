@@ -5,7 +5,7 @@ its own viewer count into the video's hash (field = node id, value = "count:expi
 and reads back the sum of the fields that have not expired, in one script. A node that
 dies stops refreshing its field, and its viewers stop counting ``ttl_s`` later; a node
 whose room closed deletes its field at once. The sums feed the tier controller
-(``Rooms.count_viewers``), the stats endpoint and the metrics.
+(``total_viewers``, the ``domain.ports.Presence`` port), the stats endpoint and the metrics.
 
 Modes: every node's tier controller sees the same totals, but their dwell timers and
 their one-second ticks differ, so each decision is proposed to Redis: the script
@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
 from adapters.redis.bus import encode
 from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from backpressure.tiers import Mode
 from domain.model import ModeChange
 
 if TYPE_CHECKING:
-    from rms.room import Room, Rooms
+    from rms.room import Rooms
 
 log = logging.getLogger("livecomments.presence")
 
@@ -189,40 +189,31 @@ class Presence:
                 return
         self._reported.clear()
 
-    # -- hooks for rms.room.Rooms ------------------------------------------------------------
+    # -- the Presence port ------------------------------------------------------------------
 
-    def count_viewers_hook(self, rooms: Rooms) -> Callable[[str], Any]:
-        async def count(video_id: str) -> int:
-            local = rooms.viewer_count(video_id)
-            return max(self.totals.get(video_id, local), local)
+    async def total_viewers(self, video_id: str, local: int) -> int:
+        return max(self.totals.get(video_id, local), local)
 
-        return count
-
-    def decide_hook(self) -> Callable[[Room, Any], Any]:
-        async def decide(room: Room, mode: Any) -> None:
-            try:
-                now_mode = _text(
+    async def agree_mode(self, video_id: str, current: Mode, proposed: Mode) -> Mode | None:
+        try:
+            return cast(
+                Mode,
+                _text(
                     await self._propose(
-                        keys=[self.keys.mode(room.video_id)],
+                        keys=[self.keys.mode(video_id)],
                         args=[
-                            room.mode,
-                            mode,
+                            current,
+                            proposed,
                             self.dwell_ms,
-                            self.keys.channel(room.video_id),
-                            encode(ModeChange(room.video_id, str(mode))),
+                            self.keys.channel(video_id),
+                            encode(ModeChange(video_id, proposed)),
                         ],
                     )
-                )
-            except REDIS_ERRORS as e:
-                log.warning("mode decision for %s deferred: Redis unavailable: %s", room.video_id, e)
-                room.tier.mode = room.mode  # propose again on a later tick
-                return
-            room.tier.mode = now_mode  # type: ignore[assignment]
-            room.tier.changed_at = trio.current_time()
-            if now_mode != room.mode:
-                room.set_mode(now_mode)  # type: ignore[arg-type]
-
-        return decide
+                ),
+            )
+        except REDIS_ERRORS as e:
+            log.warning("mode decision for %s deferred: Redis unavailable: %s", video_id, e)
+            return None
 
 
 def node_name() -> str:

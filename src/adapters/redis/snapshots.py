@@ -19,7 +19,7 @@ import trio
 from adapters.redis.client import REDIS_ERRORS, Keys, Redis
 
 if TYPE_CHECKING:
-    from rms.room import Room, Rooms
+    from rms.room import Rooms
 
 log = logging.getLogger("livecomments.snapshots")
 
@@ -67,12 +67,10 @@ class SnapshotPublisher:
                     self.writes += 1
             await trio.sleep(self.interval_s)
 
-    async def fetch(self, room: Room) -> tuple[bytes, str] | None:
-        """The cluster's snapshot of the room's video, when one is published."""
-        if room.mode != "cdn":
-            return None
+    async def fetch(self, video_id: str) -> tuple[bytes, str] | None:
+        """The cluster's snapshot of the video, when one is published."""
         try:
-            raw = await self.redis.get(self.keys.snapshot(room.video_id))
+            raw = await self.redis.get(self.keys.snapshot(video_id))
         except REDIS_ERRORS:
             return None
         if not raw:
