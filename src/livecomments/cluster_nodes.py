@@ -346,8 +346,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
             settings, RedisBroker(hot), ClusterStore(hot, cold), RedisBus(redis, keys), RedisRateLimiter(redis, keys),
             metrics, moderation=moderation,
         )
-        automod = Automod.from_settings(settings, ModerationMetrics(metrics.registry))
-        automod.remover = remover
+        automod = Automod.loader(settings, ModerationMetrics(metrics.registry))(remover)
         source = RedisModerationSource(redis, keys, automod, consumer=me)
         async with trio.open_nursery() as root:
             root.start_soon(mod_store.watch, moderation.load)

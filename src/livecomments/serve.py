@@ -63,7 +63,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
     issuer = TokenIssuer(signing_key(settings.jwt_secret, settings.data_dir))
     metrics = Metrics()
     mod_metrics = ModerationMetrics(metrics.registry)
-    automod = Automod.from_settings(settings, mod_metrics)  # a bad rules file stops us here
+    make_automod = Automod.loader(settings, mod_metrics)  # a bad rules file stops us here
     lsock = listen(settings.host, settings.port)
     if settings.port == 0:
         import attrs
@@ -83,7 +83,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
             settings, LocalBroker(store, bus), store, bus, limiter, metrics, moderation=moderation, queue=mod_queue
         )
         pipeline = PostPipeline(comments, issuer, settings.max_body)
-        automod.remover = comments
+        automod = make_automod(comments)
         svc = Services(
             settings=settings,
             issuer=issuer,

@@ -154,7 +154,7 @@ class Automod:
         rules: Rules,
         metrics: ModerationMetrics,
         *,
-        remover: Remover | None = None,
+        remover: Remover,
         classifier: Classifier | None = None,
         classifier_timeout_s: float = 2.0,
         rules_path: str = "",
@@ -170,20 +170,25 @@ class Automod:
         self._rules_mtime: float | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: ModerationMetrics, remover: Remover | None = None) -> Automod:
-        """Build from settings; ValueError for a bad rules file or classifier. (The
-        remover may be set later: the server loads the rules before opening its stores,
-        so that a bad rules file stops it at once with a clear message.)"""
+    def loader(cls, settings: Settings, metrics: ModerationMetrics) -> Callable[[Remover], Automod]:
+        """Read the rules file and load the classifier now (ValueError for a bad one, so
+        a server stops at once with a clear message, before it opens its stores); the
+        returned function makes the ``Automod`` once its remover (the comment service)
+        exists."""
         ruleset = read_rules_file(settings.moderation_rules) if settings.moderation_rules else RuleSet()
         classifier = load_classifier(settings.classifier) if settings.classifier else None
-        return cls(
-            Rules(ruleset, limits_from(settings)),
-            metrics,
-            remover=remover,
-            classifier=classifier,
-            classifier_timeout_s=settings.classifier_timeout_s,
-            rules_path=settings.moderation_rules,
-        )
+
+        def make(remover: Remover) -> Automod:
+            return cls(
+                Rules(ruleset, limits_from(settings)),
+                metrics,
+                remover=remover,
+                classifier=classifier,
+                classifier_timeout_s=settings.classifier_timeout_s,
+                rules_path=settings.moderation_rules,
+            )
+
+        return make
 
     async def check(self, comment: Comment) -> Verdict | None:
         verdict = self.rules.evaluate(comment, trio.current_time())
@@ -210,7 +215,7 @@ class Automod:
         verdict = await self.check(comment)
         self.metrics.checked.inc()
         self.metrics.check_seconds.observe(trio.current_time() - started)
-        if verdict is None or self.remover is None:
+        if verdict is None:
             return verdict
         details: dict[str, Any] = {"detail": verdict.detail}
 
