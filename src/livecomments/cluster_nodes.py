@@ -23,7 +23,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -35,6 +35,12 @@ from domain.ports import Store, StoreUnavailable
 from domain.settings import Settings
 from livecomments.serve import drain, listen, wait_for_signal
 from livecomments.stores import LazyStore, open_store
+
+if TYPE_CHECKING:
+    from adapters.redis.hotstore import HotStore
+    from adapters.redis.presence import Presence
+    from rms.room import Rooms
+    from transport.services import VideoStats
 
 log = logging.getLogger("livecomments.cluster_nodes")
 
@@ -117,10 +123,10 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
     from ingest.moderation.bans import ModerationService
     from ingest.posting import PostPipeline
     from ingest.service import CommentService
-    from transport.app import create_app
+    from transport.app import ingest_app
     from transport.frontdoor import FrontDoor
     from transport.handoff import AsgiHandoff
-    from transport.services import Services
+    from transport.services import IngestParts, Node
 
     async with common(settings) as c:
         settings = c.settings
@@ -142,18 +148,8 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
             settings, RedisBroker(hot), store, bus, limiter, c.metrics, moderation=moderation, queue=mod_queue
         )
         pipeline = PostPipeline(comments, c.issuer, settings.max_body)
-        svc = Services(
-            settings=settings,
-            issuer=c.issuer,
-            metrics=c.metrics,
-            store=store,
-            limiter=limiter,
-            comments=comments,
-            pipeline=pipeline,
-            moderation=moderation,
-        )
-        svc.ready_checks.append(redis_check(c.redis))
-        handoff = AsgiHandoff(asgi(create_app(svc, ingest=True, rms=False), settings))
+        node = Node(settings, c.issuer, c.metrics, ready_checks=(redis_check(c.redis),))
+        handoff = AsgiHandoff(asgi(ingest_app(node, IngestParts(pipeline, comments, moderation, limiter)), settings))
         # Posts on the lean path, as in the all-in-one server; the rest through Hypercorn.
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, pipeline=pipeline)
         async with trio.open_nursery() as root:
@@ -163,7 +159,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
             await root.start(front.serve, [c.lsock])
             print(f"livecomments ingest: serving {settings.url()} (worker id {settings.worker_id})", flush=True)
             await until()
-            await drain(svc, front, handoff, settings.shutdown_grace_s)
+            await drain(node, front, handoff, settings.shutdown_grace_s)
             root.cancel_scope.cancel()
     print("livecomments ingest: stopped", flush=True)
 
@@ -171,16 +167,12 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
 # -- rms ----------------------------------------------------------------------------------------
 
 
-def install_cluster_stats(app: Any, svc: Any, presence: Any, hot: Any) -> None:
-    """``GET /v1/videos/{id}/stats`` with the cluster's numbers (replaces the local view)."""
-    from quart import Response
+def cluster_stats(rooms: Rooms, presence: Presence, hot: HotStore) -> VideoStats:
+    """``GET /v1/videos/{id}/stats`` with the cluster's numbers (this node's own room
+    when Redis cannot answer)."""
 
-    from domain.params import check_video
-    from transport.web import json_response
-
-    async def stats(video_id: str) -> Response:
-        check_video(video_id)
-        room = svc.rooms.rooms.get(video_id) if svc.rooms is not None else None
+    async def stats(video_id: str) -> dict[str, Any]:
+        room = rooms.rooms.get(video_id)
         now = trio.current_time()
         try:
             viewers = await presence.total(video_id)
@@ -190,13 +182,9 @@ def install_cluster_stats(app: Any, svc: Any, presence: Any, hot: Any) -> None:
             viewers = len(room.viewers) if room else 0
             cps = room.velocity.rate(now) if room else 0.0
             mode = room.mode if room else "push"
-        return json_response(
-            {"video_id": video_id, "viewers": int(viewers), "comments_per_s": round(float(cps), 3), "mode": mode}
-        )
+        return {"video_id": video_id, "viewers": int(viewers), "comments_per_s": round(float(cps), 3), "mode": mode}
 
-    if "rms.stats" not in app.view_functions:
-        raise RuntimeError("the rms blueprint has no stats endpoint to replace")
-    app.view_functions["rms.stats"] = stats
+    return stats
 
 
 async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
@@ -204,12 +192,11 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
     from adapters.redis.hotstore import ClusterStore, HotStore
     from adapters.redis.presence import Presence
     from adapters.redis.snapshots import SnapshotPublisher
-    from policy.ratelimit import InMemoryRateLimiter
     from rms.room import Rooms
-    from transport.app import create_app
+    from transport.app import rms_app
     from transport.frontdoor import FrontDoor
     from transport.handoff import AsgiHandoff
-    from transport.services import Services
+    from transport.services import Node, RmsParts
 
     async with common(settings) as c:
         settings = c.settings
@@ -239,17 +226,8 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
         )
         snapshots = SnapshotPublisher(c.redis, c.keys, me, interval_s=settings.snapshot_interval_s)
         rooms = Rooms(settings, store, bus, c.metrics, presence=presence, snapshots=snapshots)
-        svc = Services(
-            settings=settings,
-            issuer=c.issuer,
-            metrics=c.metrics,
-            store=store,
-            limiter=InMemoryRateLimiter(),
-            rooms=rooms,
-        )
-        svc.ready_checks.append(redis_check(c.redis))
-        app = create_app(svc, ingest=False, rms=True)
-        install_cluster_stats(app, svc, presence, hot)
+        node = Node(settings, c.issuer, c.metrics, ready_checks=(redis_check(c.redis),))
+        app = rms_app(node, RmsParts(rooms, store, cluster_stats(rooms, presence, hot)))
         handoff = AsgiHandoff(asgi(app, settings))
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, rooms=rooms)
         async with trio.open_nursery() as root:
@@ -261,7 +239,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
             await root.start(front.serve, [c.lsock])
             print(f"livecomments rms: serving {settings.url()} (node {me})", flush=True)
             await until()
-            await drain(svc, front, handoff, settings.shutdown_grace_s)
+            await drain(node, front, handoff, settings.shutdown_grace_s)
             with trio.move_on_after(1):
                 await presence.withdraw()
             root.cancel_scope.cancel()

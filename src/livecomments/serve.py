@@ -23,10 +23,11 @@ from ingest.service import CommentService
 from livecomments.stores import open_store
 from policy.ratelimit import InMemoryRateLimiter
 from rms.room import Rooms
-from transport.app import create_app
+from transport.app import all_in_one_app
 from transport.frontdoor import FrontDoor
 from transport.handoff import AsgiHandoff
-from transport.services import Services
+from transport.routes_rms import local_stats
+from transport.services import IngestParts, Node, RmsParts
 
 log = logging.getLogger("livecomments")
 
@@ -84,23 +85,15 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
         )
         pipeline = PostPipeline(comments, issuer, settings.max_body)
         automod = make_automod(comments)
-        svc = Services(
-            settings=settings,
-            issuer=issuer,
-            metrics=metrics,
-            store=store,
-            limiter=limiter,
-            comments=comments,
-            pipeline=pipeline,
-            moderation=moderation,
-            rooms=rooms,
-        )
-
         async def store_readable() -> None:
             await store.latest("readyz", 1)
 
-        svc.ready_checks.append(store_readable)
-        app = create_app(svc)
+        node = Node(settings, issuer, metrics, ready_checks=(store_readable,))
+        app = all_in_one_app(
+            node,
+            IngestParts(pipeline, comments, moderation, limiter),
+            RmsParts(rooms, store, local_stats(rooms)),
+        )
         handoff = AsgiHandoff(app)
         front = FrontDoor(settings, issuer, metrics, handoff, rooms=rooms, pipeline=pipeline)
         async with trio.open_nursery() as root:
@@ -110,17 +103,17 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
             await root.start(front.serve, [lsock])
             print(f"livecomments: serving {settings.url()}/watch/lobby", flush=True)
             await until()
-            await drain(svc, front, handoff, settings.shutdown_grace_s)
+            await drain(node, front, handoff, settings.shutdown_grace_s)
             root.cancel_scope.cancel()
     print("livecomments: stopped", flush=True)
 
 
-async def drain(svc: Services, front: FrontDoor, handoff: AsgiHandoff, grace_s: float) -> None:
+async def drain(node: Node, front: FrontDoor, handoff: AsgiHandoff, grace_s: float) -> None:
     """Let a node's clients go before it stops: no new connections, ``goaway`` to every
     viewer, keep-alive connections closed after their request, then up to ``grace_s`` for
     the viewers to leave (a node without streams: for its connections to close)."""
     log.info("draining: goaway to viewers, no new connections")
-    svc.draining = front.draining = True
+    node.draining = front.draining = True
     front.stop_accepting()
     if front.rooms is not None:
         front.rooms.goaway()

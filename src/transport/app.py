@@ -12,36 +12,56 @@ from werkzeug.exceptions import HTTPException
 from domain.errors import LivecommentsError, NotFound
 from domain.params import check_video
 from transport.openapi import openapi
-from transport.services import Services
-from transport.web import error_response, json_response, services
+from transport.services import IngestParts, Node, RmsParts
+from transport.services import node as current
+from transport.web import error_response, json_response
 
 BODY_DRAIN_S = 5.0
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
 
 
-def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> QuartTrio:
+def all_in_one_app(node: Node, ingest: IngestParts, rms: RmsParts) -> QuartTrio:
+    """``livecomments serve``: every route."""
+    return create_app(node, ingest=ingest, rms=rms)
+
+
+def ingest_app(node: Node, ingest: IngestParts) -> QuartTrio:
+    """An ingest node: sign-in, posting, deleting, reactions, moderation."""
+    return create_app(node, ingest=ingest)
+
+
+def rms_app(node: Node, rms: RmsParts) -> QuartTrio:
+    """An rms node: long-poll, history, snapshot, stats, and the SSE fallback."""
+    return create_app(node, rms=rms)
+
+
+def create_app(node: Node, *, ingest: IngestParts | None = None, rms: RmsParts | None = None) -> QuartTrio:
+    """The app of a process with these parts: the operations routes, the page and
+    OpenAPI always, and each role's blueprint where its parts are given."""
     static = resources.files("transport") / "static"
     app = QuartTrio("livecomments", static_folder=str(static), static_url_path="/static")
-    app.config["LIVECOMMENTS"] = svc
-    app.config["MAX_CONTENT_LENGTH"] = svc.settings.max_body
+    for part in (node, ingest, rms):
+        if part is not None:
+            app.config[type(part).__name__] = part
+    app.config["MAX_CONTENT_LENGTH"] = node.settings.max_body
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = False
 
-    if ingest:
+    if ingest is not None:
         from transport.routes_ingest import bp as ingest_bp
         from transport.routes_moderation import bp as moderation_bp
 
         app.register_blueprint(ingest_bp)
         app.register_blueprint(moderation_bp)
-    if rms:
+    if rms is not None:
         from transport.routes_rms import bp as rms_bp
 
         app.register_blueprint(rms_bp)
 
     @app.errorhandler(LivecommentsError)
     async def _lc_error(err: LivecommentsError) -> Response:
-        services().metrics.posts.labels(str(err.status)).inc() if _is_post() else None
+        current().metrics.posts.labels(str(err.status)).inc() if _is_post() else None
         return error_response(err)
 
     @app.errorhandler(HTTPException)
@@ -52,7 +72,7 @@ def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> Quart
     @app.after_request
     async def _count(resp: Response) -> Response:
         if _is_post() and resp.status_code < 400:
-            services().metrics.posts.labels(str(resp.status_code)).inc()
+            current().metrics.posts.labels(str(resp.status_code)).inc()
         return resp
 
     @app.after_request
@@ -79,7 +99,7 @@ def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> Quart
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        svc = services()
+        svc = current()
         if svc.draining:
             return json_response({"status": "draining"}, 503)
         failures = {}
@@ -94,14 +114,14 @@ def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> Quart
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        svc = services()
-        if svc.rooms is not None:
-            svc.metrics.rooms.set(len(svc.rooms.rooms))
-        return Response(svc.metrics.render(), content_type=svc.metrics.content_type)
+        metrics = node.metrics
+        if rms is not None:
+            metrics.rooms.set(len(rms.rooms.rooms))
+        return Response(metrics.render(), content_type=metrics.content_type)
 
     @app.get("/openapi.json")
     async def openapi_json() -> Response:
-        return json_response(openapi(services().settings))
+        return json_response(openapi(node.settings))
 
     page = (static / "watch.html").read_text(encoding="utf-8") if (static / "watch.html").is_file() else ""
 

@@ -9,7 +9,8 @@ from domain.errors import NotFound, RateLimited, Unprocessable
 from domain.identity import new_guest_id
 from domain.params import check_video, parse_id
 from policy.rate import Rate
-from transport.web import bearer, body_bytes, json_body, json_response, services
+from transport.services import ingest, node
+from transport.web import bearer, body_bytes, json_body, json_response
 
 bp = Blueprint("ingest", __name__)
 
@@ -18,7 +19,7 @@ NAME_MAX = 40
 
 @bp.post("/v1/auth/guest")
 async def guest() -> Response:
-    svc = services()
+    svc, parts = node(), ingest()
     if not svc.settings.guest_signin:
         raise NotFound("guest sign-in is disabled on this server", code="guest_disabled")
     body = await json_body()
@@ -27,7 +28,7 @@ async def guest() -> Response:
         raise Unprocessable(f"name must be 1-{NAME_MAX} printable characters", code="invalid_name")
     rule = Rate.from_text(svc.settings.guest_rate_limit)
     addr = request.remote_addr or "unknown"
-    decision = await svc.limiter.acquire("guest:" + addr, rule, trio.current_time())
+    decision = await parts.limiter.acquire("guest:" + addr, rule, trio.current_time())
     if not decision.allowed:
         raise RateLimited("too many guest sign-ins from this address", Rate.retry_after_header(decision.retry_after))
     user_id = new_guest_id()
@@ -37,12 +38,11 @@ async def guest() -> Response:
 
 @bp.post("/v1/videos/<video_id>/comments")
 async def post_comment(video_id: str) -> Response:
-    svc = services()
-    assert svc.pipeline is not None
-    svc.metrics.posts_served.labels("asgi").inc()
+    node().metrics.posts_served.labels("asgi").inc()
+    pipeline = ingest().pipeline
     # 404, 401 and a declared 413 before the body is read, as on the lean path.
-    who = svc.pipeline.authenticate(video_id, request.headers.get("Authorization"), request.content_length)
-    comment = await svc.pipeline.submit(video_id, who, request.headers.get("Content-Type"), await body_bytes())
+    who = pipeline.authenticate(video_id, request.headers.get("Authorization"), request.content_length)
+    comment = await pipeline.submit(video_id, who, request.headers.get("Content-Type"), await body_bytes())
     return json_response(comment.to_json(), 201, {"Location": f"/v1/videos/{video_id}/comments/{comment.id}"})
 
 
@@ -51,9 +51,7 @@ async def delete_comment(video_id: str, comment_id: str) -> Response:
     check_video(video_id)
     who = bearer()
     cid = parse_id(comment_id, "comment id")
-    svc = services()
-    assert svc.comments is not None
-    await svc.comments.delete(video_id, cid, who)
+    await ingest().comments.delete(video_id, cid, who)
     return Response(b"", status=204)
 
 
@@ -62,7 +60,5 @@ async def react(video_id: str, comment_id: str) -> Response:
     check_video(video_id)
     who = bearer()
     cid = parse_id(comment_id, "comment id")
-    svc = services()
-    assert svc.comments is not None
-    await svc.comments.react(video_id, cid, who)
+    await ingest().comments.react(video_id, cid, who)
     return json_response({"id": str(cid), "accepted": True}, 202)

@@ -18,7 +18,8 @@ from ingest.moderation.bans import (
     check_settings_body,
     check_user_id,
 )
-from transport.web import bearer, json_body, json_response, services
+from transport.services import ingest
+from transport.web import bearer, json_body, json_response
 
 bp = Blueprint("moderation", __name__)
 
@@ -26,10 +27,7 @@ LOG_LIMIT_MAX = 200
 
 
 def _moderation() -> ModerationService:
-    svc = services().moderation
-    if svc is None:
-        raise NotFound("this node does not take moderation requests", code="not_ingest")
-    return svc
+    return ingest().moderation
 
 
 def _user_in_path(user_id: str) -> str:

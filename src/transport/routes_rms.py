@@ -4,25 +4,23 @@ stats, and the SSE fallback for a stream request on a connection Hypercorn alrea
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import trio
 from quart import Blueprint, Response, request
 
-from domain.errors import NotFound
 from domain.params import check_video, parse_float, parse_id, parse_int, stream_params
 from rms.frames import Encoding
 from rms.room import Room, Rooms
 from rms.viewer import QueueViewer
-from transport.web import json_response, optional_identity, services
+from transport.services import VideoStats, node, rms
+from transport.web import json_response, optional_identity
 
 bp = Blueprint("rms", __name__)
 
 
 def _rooms() -> Rooms:
-    rooms = services().rooms
-    if rooms is None:
-        raise NotFound("this node does not serve streams", code="not_rms")
-    return rooms
+    return rms().rooms
 
 
 async def _room(video_id: str) -> Room:
@@ -31,7 +29,7 @@ async def _room(video_id: str) -> Room:
 
 @bp.get("/v1/videos/<video_id>/events")
 async def events(video_id: str) -> Response:
-    svc = services()
+    svc = node()
     s = svc.settings
     params = stream_params(s, svc.issuer, video_id, request.args, request.headers.get("Last-Event-ID"))
     room, user_id, first = await _rooms().open_stream(params, Encoding.SSE_PLAIN)
@@ -67,18 +65,17 @@ async def comments(video_id: str) -> Response:
 
 
 async def _history(video_id: str) -> Response:
-    svc = services()
-    s = svc.settings
+    s = node().settings
     before = parse_id(request.args["before"], "before") if request.args.get("before") else None
     limit = parse_int(request.args.get("limit"), "limit", 50, 1, s.history_max)
     who = optional_identity()
-    page = await svc.store.before(video_id, before, limit, who.user_id if who else None)
+    page = await rms().store.before(video_id, before, limit, who.user_id if who else None)
     nxt = str(page[-1].id) if len(page) == limit else None
     return json_response({"comments": [c.to_json() for c in page], "next": nxt})
 
 
 async def _long_poll(video_id: str) -> Response:
-    svc = services()
+    svc = node()
     s = svc.settings
     after = parse_id(request.args["after"], "after")
     wait = parse_float(request.args.get("wait"), "wait", 0.0, 0.0, s.longpoll_max_s)
@@ -126,15 +123,21 @@ async def snapshot(video_id: str) -> Response:
 @bp.get("/v1/videos/<video_id>/stats")
 async def stats(video_id: str) -> Response:
     check_video(video_id)
-    svc = services()
-    rooms = svc.rooms
-    room = rooms.rooms.get(video_id) if rooms else None
-    now = trio.current_time()
-    return json_response(
-        {
+    return json_response(await rms().stats(video_id))
+
+
+def local_stats(rooms: Rooms) -> VideoStats:
+    """The stats of this node's own room: the all-in-one server's (a cluster's rms
+    nodes sum their numbers over the cluster instead)."""
+
+    async def stats(video_id: str) -> dict[str, Any]:
+        room = rooms.rooms.get(video_id)
+        now = trio.current_time()
+        return {
             "video_id": video_id,
             "viewers": len(room.viewers) if room else 0,
             "comments_per_s": round(room.velocity.rate(now), 3) if room else 0.0,
             "mode": room.mode if room else "push",
         }
-    )
+
+    return stats

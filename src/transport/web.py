@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any
 
-from quart import Response, current_app, request
+from quart import Response, request
 
 from domain.errors import LivecommentsError, PayloadTooLarge, UnsupportedMediaType
 from domain.identity import Identity
-from transport.services import Services
-
-
-def services() -> Services:
-    return cast(Services, current_app.config["LIVECOMMENTS"])
+from transport.services import node
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -29,7 +25,7 @@ async def json_body() -> dict[str, Any]:
     """The request's JSON object; 415 unless JSON, 413 over the body limit, 400 if malformed."""
     from ingest.posting import parse_json_object
 
-    limit = services().settings.max_body
+    limit = node().settings.max_body
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     if request.mimetype != "application/json":
@@ -43,12 +39,12 @@ async def body_bytes() -> bytes:
 
 
 def bearer() -> Identity:
-    return services().issuer.from_header(request.headers.get("Authorization"))
+    return node().issuer.from_header(request.headers.get("Authorization"))
 
 
 def optional_identity() -> Identity | None:
     """The viewer's identity from ``Authorization`` or ``?token=`` (watching needs none)."""
-    issuer = services().issuer
+    issuer = node().issuer
     if request.headers.get("Authorization"):
         return issuer.from_header(request.headers.get("Authorization"))
     token = request.args.get("token")
