@@ -25,7 +25,10 @@ def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> Quart
     app.config["LIVECOMMENTS"] = svc
     app.config["MAX_CONTENT_LENGTH"] = svc.settings.max_body
     app.config["RESPONSE_TIMEOUT"] = None
-    app.config["BODY_TIMEOUT"] = 30
+    # The connection's stream cuts a body off after body_timeout_s from the end of its
+    # head (livecomments.handoff); Quart's own limit, from when a route reads the body,
+    # is the same and so comes second.
+    app.config["BODY_TIMEOUT"] = svc.settings.body_timeout_s
     app.config["JSON_SORT_KEYS"] = False
 
     if ingest:

@@ -124,7 +124,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
 
         svc.ready_checks.append(store_readable)
         app = create_app(svc)
-        handoff = AsgiHandoff(app)
+        handoff = AsgiHandoff(app, settings)
         front = FrontDoor(settings, rooms, issuer, metrics, handoff, comments)
         async with trio.open_nursery() as root:
             await root.start(rooms.run)

@@ -300,7 +300,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
             moderation=moderation,
         )
         svc.ready_checks.append(redis_check(c.redis))
-        handoff = AsgiHandoff(asgi(create_app(svc, ingest=True, rms=False), settings))
+        handoff = AsgiHandoff(asgi(create_app(svc, ingest=True, rms=False), settings), settings)
         conns = Connections(handoff)
         async with trio.open_nursery() as root:
             await root.start(mod_queue.run)
@@ -413,7 +413,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
         svc.ready_checks.append(redis_check(c.redis))
         app = create_app(svc, ingest=False, rms=True)
         install_cluster_stats(app, svc, presence, hot)
-        handoff = AsgiHandoff(asgi(app, settings))
+        handoff = AsgiHandoff(asgi(app, settings), settings)
         front = FrontDoor(settings, rooms, c.issuer, c.metrics, handoff)
         async with trio.open_nursery() as root:
             await root.start(bus.run)
