@@ -1,7 +1,7 @@
 """Settings: the typed, frozen record every layer reads its own fields from.
 
 Each field is a command-line flag and a ``LIVECOMMENTS_<NAME>`` variable; reading them
-(flag over variable over default) is the entry points' job (``livecomments.config``).
+(flag over variable over default) is the entry points' job (``domain.settings``).
 The process reads it once at start and passes it down; nothing reads the environment
 later. ``check`` refuses combinations no field validator can see.
 """
@@ -64,7 +64,10 @@ class Settings:
     retry_ms: int = _setting(3000, "SSE retry: field, ms", kind=int)
     viewer_buffer: int = _setting(256 * 1024, "bytes queued per slow viewer before batches are dropped", kind=int)
     viewer_sndbuf: int = _setting(65536, "SO_SNDBUF of a lean-path stream socket, bytes (the kernel doubles it); 0: the kernel's autotuning", kind=int)
-    stuck_s: float = _setting(30.0, "seconds without progress before a slow viewer is disconnected", kind=float)
+    stuck_s: float = _setting(30.0, "seconds without progress before a slow viewer (or any reader of an answer) is disconnected", kind=float)
+    head_timeout_s: float = _setting(10.0, "seconds a client has to send a whole request head (a connection's first: from its start; a later one: from its first byte)", kind=float)
+    idle_timeout_s: float = _setting(5.0, "seconds a keep-alive connection may wait for the first byte of its next request", kind=float)
+    body_timeout_s: float = _setting(30.0, "seconds a client has to send a whole request body, from the end of its head", kind=float)
     flush_rate: float = _setting(20.0, "room flushes per second when busy", kind=float)
     flush_burst: int = _setting(4, "room flushes back to back when quiet", kind=int)
     room_linger_s: float = _setting(30.0, "seconds a room stays open after its last viewer leaves", kind=float)
@@ -121,7 +124,18 @@ def check(s: Settings) -> None:
             raise ValueError(f"{f.name} must be a finite number")
     if not 0 <= s.port <= 65535:
         raise ValueError("port must be in 0..65535")
-    for name in ("flush_rate", "heartbeat_s", "stuck_s", "sample_target_per_s", "snapshot_interval_s", "longpoll_max_s"):
+    positive = (
+        "flush_rate",
+        "heartbeat_s",
+        "stuck_s",
+        "head_timeout_s",
+        "idle_timeout_s",
+        "body_timeout_s",
+        "sample_target_per_s",
+        "snapshot_interval_s",
+        "longpoll_max_s",
+    )
+    for name in positive:
         if getattr(s, name) <= 0:
             raise ValueError(f"{name} must be positive")
     for name in ("room_linger_s", "shutdown_grace_s", "tier_min_dwell_s"):

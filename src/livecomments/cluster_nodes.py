@@ -149,7 +149,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         )
         pipeline = PostPipeline(comments, c.issuer, settings.max_body)
         node = Node(settings, c.issuer, c.metrics, ready_checks=(redis_check(c.redis),))
-        handoff = AsgiHandoff(asgi(ingest_app(node, IngestParts(pipeline, comments, moderation, limiter)), settings))
+        handoff = AsgiHandoff(asgi(ingest_app(node, IngestParts(pipeline, comments, moderation, limiter)), settings), settings)
         # Posts on the lean path, as in the all-in-one server; the rest through Hypercorn.
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, pipeline=pipeline)
         async with trio.open_nursery() as root:
@@ -228,7 +228,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
         rooms = Rooms(settings, store, bus, c.metrics, presence=presence, snapshots=snapshots)
         node = Node(settings, c.issuer, c.metrics, ready_checks=(redis_check(c.redis),))
         app = rms_app(node, RmsParts(rooms, store, cluster_stats(rooms, presence, hot)))
-        handoff = AsgiHandoff(asgi(app, settings))
+        handoff = AsgiHandoff(asgi(app, settings), settings)
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, rooms=rooms)
         async with trio.open_nursery() as root:
             await root.start(bus.run)

@@ -94,7 +94,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
             IngestParts(pipeline, comments, moderation, limiter),
             RmsParts(rooms, store, local_stats(rooms)),
         )
-        handoff = AsgiHandoff(app)
+        handoff = AsgiHandoff(app, settings)
         front = FrontDoor(settings, issuer, metrics, handoff, rooms=rooms, pipeline=pipeline)
         async with trio.open_nursery() as root:
             await root.start(rooms.run)

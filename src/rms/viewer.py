@@ -7,7 +7,10 @@ waits for the socket to become writable and exits when the queue is empty, or cl
 the connection when the viewer makes no progress for ``stuck_s`` seconds.
 
 ``QueueViewer`` (the ASGI fallback path and WebSocket-over-ASGI) queues every batch and
-wakes the one task that writes through the framework.
+wakes the one task that writes through the framework. Its stuck rule is the connection's:
+the framework hands the bytes to Hypercorn, which writes them in a shielded scope, and
+the stream under it (``transport.handoff.GuardedStream``) aborts a write that makes no
+progress for ``stuck_s``; the queue only bounds what waits meanwhile (and drops).
 """
 
 from __future__ import annotations

@@ -45,7 +45,10 @@ def create_app(node: Node, *, ingest: IngestParts | None = None, rms: RmsParts |
             app.config[type(part).__name__] = part
     app.config["MAX_CONTENT_LENGTH"] = node.settings.max_body
     app.config["RESPONSE_TIMEOUT"] = None
-    app.config["BODY_TIMEOUT"] = 30
+    # The connection's stream cuts a body off after body_timeout_s from the end of its
+    # head (transport.handoff); Quart's own limit, from when a route reads the body,
+    # is the same and so comes second.
+    app.config["BODY_TIMEOUT"] = node.settings.body_timeout_s
     app.config["JSON_SORT_KEYS"] = False
 
     if ingest is not None:

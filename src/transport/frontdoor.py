@@ -52,9 +52,7 @@ log = logging.getLogger("livecomments.frontdoor")
 
 STREAM_PATH = re.compile(r"^/v1/videos/([^/]*)/(events|ws)$")
 POST_PATH = re.compile(r"^/v1/videos/([^/]*)/comments$")
-BODY_TIMEOUT_S = 30.0
 HEAD_LIMIT = 16 * 1024  # bytes of request head we accept before answering 431
-HEAD_TIMEOUT_S = 10.0
 WS_MESSAGE_LIMIT = 4096
 LINGER_S = 2.0  # after an answer with Connection: close, read what is in flight this long
 LINGER_BYTES = 1024 * 1024  # ... and at most this much
@@ -181,12 +179,28 @@ class FrontDoor:
     async def _open(self, sock: socket.socket) -> Opened | bytes | None:
         """Read request heads; open a lean stream (its parts), answer a lean post and read
         the next request, or return the bytes of a request to hand to Hypercorn; None
-        when the connection is done (closed, or answered)."""
+        when the connection is done (closed, answered, or too slow).
+
+        The first head must be complete within ``head_timeout_s`` of the connection's
+        start. After a post, the next request must begin within ``idle_timeout_s`` and
+        its head be complete within ``head_timeout_s`` of its first byte (as on the
+        connections Hypercorn serves, see ``transport.handoff``)."""
+        s = self.settings
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        first = True
         while True:
             raw = bytearray(conn.trailing_data[0])  # this request's bytes, from its start
+            if not first and not raw and not conn.trailing_data[1]:
+                data = b""
+                with trio.move_on_after(s.idle_timeout_s):
+                    data = await _recv(sock)
+                if not data:
+                    return None  # closed, or idle too long
+                raw += data
+                conn.receive_data(data)
+            first = False
             request: h11.Request | None = None
-            with trio.move_on_after(HEAD_TIMEOUT_S):
+            with trio.move_on_after(s.head_timeout_s):
                 while request is None:
                     try:
                         event = conn.next_event()
@@ -278,9 +292,10 @@ class FrontDoor:
             return False
 
     async def _read_body(self, sock: socket.socket, conn: h11.Connection, limit: int) -> bytes | None:
-        """The request body, at most ``limit`` bytes (413 beyond), within BODY_TIMEOUT_S."""
+        """The request body, at most ``limit`` bytes (413 beyond), within ``body_timeout_s``;
+        None when the client closed or was too slow."""
         body = bytearray()
-        with trio.move_on_after(BODY_TIMEOUT_S):
+        with trio.move_on_after(self.settings.body_timeout_s):
             while True:
                 try:
                     event = conn.next_event()

@@ -3,6 +3,8 @@ stats, and the SSE fallback for a stream request on a connection Hypercorn alrea
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +15,7 @@ from domain.params import check_video, parse_float, parse_id, parse_int, stream_
 from rms.frames import Encoding
 from rms.room import Room, Rooms
 from rms.viewer import QueueViewer
+from transport.handoff import transport_of
 from transport.services import VideoStats, node, rms
 from transport.web import json_response, optional_identity
 
@@ -37,6 +40,19 @@ async def events(video_id: str) -> Response:
     viewer.control(first, trio.current_time())
     room.join(viewer)
     svc.metrics.connections.labels("sse-asgi").inc()
+    # The stuck rule: Hypercorn writes each chunk inside a shielded scope, so only the
+    # connection's stream can see a viewer that takes nothing; after stuck_s without
+    # progress it aborts the connection (the response then ends here, and the viewer
+    # leaves), and this counts it as a stuck viewer.
+    transport = transport_of(request.scope)
+    if transport is not None:
+        transport.on_stuck = svc.metrics.stuck
+        if s.viewer_sndbuf:
+            # As on the lean path (transport.frontdoor): a fixed kernel buffer, so a stalled
+            # viewer meets the queue's drop policy and the stuck rule within a few
+            # batches instead of pinning megabytes of autotuned kernel memory.
+            with contextlib.suppress(OSError):
+                transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, s.viewer_sndbuf)
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -48,6 +64,8 @@ async def events(video_id: str) -> Response:
         finally:
             room.leave(viewer)
             viewer.close()
+            if transport is not None:
+                transport.on_stuck = None  # the connection may serve other requests
 
     resp = Response(body(), content_type="text/event-stream; charset=utf-8")
     resp.headers["Cache-Control"] = "no-cache, no-store"
