@@ -325,10 +325,10 @@ class FrontDoor:
         last = headers.get(b"last-event-id")
         try:
             params = stream_params(s, self.issuer, video_id, query, last.decode("latin-1") if last is not None else None)
+            room = await self.rooms.get(video_id)  # 503 too_many_rooms past max_rooms
         except LivecommentsError as e:
             await self._lc_error(sock, conn, e)
             return None
-        room = await self.rooms.get(video_id)
         user_id = params.identity.user_id if params.identity else None
         reset, entries = await room.catch_up(params.after, params.backlog, user_id)
         head = conn.send(
@@ -359,19 +359,20 @@ class FrontDoor:
             return None
         try:
             params = stream_params(self.settings, self.issuer, video_id, query, None)
+            room = await self.rooms.get(video_id)  # 503 too_many_rooms past max_rooms
         except LivecommentsError as e:
             body = json.dumps(e.body()).encode()
+            extra = [(k.lower().encode(), v.encode()) for k, v in e.headers().items()]
             out = ws.send(
                 RejectConnection(
                     status_code=e.status,
-                    headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+                    headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra],
                     has_body=True,
                 )
             )
             out += ws.send(RejectData(data=body))
             await _send_all(sock, out)
             return None
-        room = await self.rooms.get(video_id)
         user_id = params.identity.user_id if params.identity else None
         reset, entries = await room.catch_up(params.after, params.backlog, user_id)
         first = ws.send(AcceptConnection()) + room.opening(Encoding.WS, reset, entries)
