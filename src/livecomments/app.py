@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import trio
 from quart import Response, redirect, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from livecomments.config import Settings
 from livecomments.errors import LivecommentsError, NotFound
 from livecomments.openapi import openapi
 from livecomments.services import Services
@@ -17,6 +19,17 @@ from rms.params import check_video
 
 BODY_DRAIN_S = 5.0
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
+
+
+def asgi(app: Any, settings: Settings) -> Any:
+    """The app as Hypercorn should run it: behind ``proxy_hops`` trusted proxies, the
+    client address (guest sign-in's limit and the address in a guest token) comes from
+    X-Forwarded-For."""
+    if settings.proxy_hops > 0:
+        from hypercorn.middleware import ProxyFixMiddleware
+
+        return ProxyFixMiddleware(app, mode="legacy", trusted_hops=settings.proxy_hops)
+    return app
 
 
 def create_app(svc: Services, *, ingest: bool = True, rms: bool = True) -> QuartTrio:

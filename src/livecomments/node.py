@@ -15,7 +15,7 @@ import trio
 from backpressure.ratelimit import InMemoryRateLimiter
 from ingest.moderation import ModerationService
 from ingest.service import CommentService
-from livecomments.app import create_app
+from livecomments.app import asgi, create_app
 from livecomments.auth import TokenIssuer, signing_key
 from livecomments.bus import InProcessBus
 from livecomments.config import Settings
@@ -124,7 +124,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
 
         svc.ready_checks.append(store_readable)
         app = create_app(svc)
-        handoff = AsgiHandoff(app)
+        handoff = AsgiHandoff(asgi(app, settings))  # behind proxy_hops proxies too
         front = FrontDoor(settings, rooms, issuer, metrics, handoff, comments)
         async with trio.open_nursery() as root:
             await root.start(rooms.run)

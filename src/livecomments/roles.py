@@ -204,16 +204,6 @@ def redis_check(redis: Redis) -> Callable[[], Awaitable[None]]:
     return redis_reachable
 
 
-def asgi(app: Any, settings: Settings) -> Any:
-    """The app as Hypercorn should run it: behind ``proxy_hops`` trusted proxies, the
-    client address comes from X-Forwarded-For."""
-    if settings.proxy_hops > 0:
-        from hypercorn.middleware import ProxyFixMiddleware
-
-        return ProxyFixMiddleware(app, mode="legacy", trusted_hops=settings.proxy_hops)
-    return app
-
-
 class Connections:
     """Connections handed to Hypercorn that are still open (for a graceful stop)."""
 
@@ -272,7 +262,7 @@ def close_listener(lsock: socket.socket) -> None:
 async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     from ingest.moderation import ModerationService
     from ingest.service import CommentService
-    from livecomments.app import create_app
+    from livecomments.app import asgi, create_app
     from livecomments.handoff import AsgiHandoff
     from livecomments.moderation.pipeline import ModerationMetrics
     from livecomments.redis.bus import RedisBus
@@ -362,7 +352,7 @@ def install_cluster_stats(app: Any, svc: Any, presence: Any, hot: Any) -> None:
 
 async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     from backpressure.ratelimit import InMemoryRateLimiter
-    from livecomments.app import create_app
+    from livecomments.app import asgi, create_app
     from livecomments.handoff import AsgiHandoff
     from livecomments.redis.bus import RedisBus
     from livecomments.redis.hotstore import ClusterStore, HotStore
