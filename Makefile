@@ -2,7 +2,7 @@
 .PHONY: run test lint setup setup-system
 
 run: setup
-	.venv/bin/livecomments serve
+	@.venv/bin/livecomments serve
 
 test: setup-system lint
 	.venv/bin/python -m pytest -q
@@ -12,7 +12,7 @@ lint:
 	.venv/bin/mypy
 
 setup:
-	bash scripts/setup.sh
+	@bash scripts/setup.sh
 
 setup-system:
 	bash scripts/setup.sh --system
