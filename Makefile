@@ -2,7 +2,7 @@
 .PHONY: run test lint setup setup-system
 
 run: setup
-	.venv/bin/livecomments serve
+	@.venv/bin/livecomments serve
 
 test: setup-system lint
 	.venv/bin/python -m pytest -q
@@ -13,7 +13,7 @@ lint:
 	.venv/bin/lint-imports --no-cache
 
 setup:
-	bash scripts/setup.sh
+	@bash scripts/setup.sh
 
 setup-system:
 	bash scripts/setup.sh --system

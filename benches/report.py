@@ -10,6 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# Plots need matplotlib, which ``pip install livecomments`` does not bring: the bench extra does.
+NO_PLOTS = "matplotlib is not installed: no plots (pip install 'livecomments[bench]')"
+
 PERCENTILES = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))
 
 
@@ -130,7 +133,7 @@ def write_plots(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        warnings.warn("matplotlib is not installed: no plots (pip install matplotlib)", stacklevel=2)
+        warnings.warn(NO_PLOTS, stacklevel=2)
         return []
     written = []
 

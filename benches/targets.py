@@ -224,6 +224,7 @@ class LivecommentsTarget(Target):
             {
                 "LIVECOMMENTS_RATE_LIMIT": "1000000/1s",
                 "LIVECOMMENTS_GUEST_RATE_LIMIT": "1000000/1s",
+                "LIVECOMMENTS_GUEST_POST_RATE_LIMIT": "1000000/1s",
                 "PYTHONUNBUFFERED": "1",
             }
         )

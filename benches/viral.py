@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benches.loadgen import MODES
+from benches.report import NO_PLOTS
 from benches.targets import HOST
 
 MODE_COLOURS = {"push": "#d9f2d9", "sampled": "#ffe8b3", "cdn": "#cfe2ff"}
@@ -207,7 +208,7 @@ def write_plot(
         import matplotlib.pyplot as plt
         from matplotlib.patches import Patch
     except ImportError:
-        warnings.warn("matplotlib is not installed: no plots (pip install matplotlib)", stacklevel=2)
+        warnings.warn(NO_PLOTS, stacklevel=2)
         return None
     if not timeline:
         return None

@@ -29,8 +29,20 @@ PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[dev]'
+# The project is installed editable: source changes need no reinstall, only a change of
+# pyproject.toml (dependencies, entry points) or of this script does. The stamp records
+# the last install that succeeded; pip's output goes to a log, shown only if it fails.
+STAMP=.venv/.livecomments-installed
+if [[ ! -f $STAMP || pyproject.toml -nt $STAMP || scripts/setup.sh -nt $STAMP ]]; then
+  echo "setup: installing the project and its dev tools into .venv (log: .venv/pip.log)"
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } \
+      >.venv/pip.log 2>&1; then
+    cat .venv/pip.log >&2
+    echo "setup: pip install failed (output above, also in .venv/pip.log)" >&2
+    exit 1
+  fi
+  touch "$STAMP"
+fi
 
 if [[ "${1:-}" == "--system" ]]; then
   # Cassandra's jars (for the CQL store tests), fetched once into ~/.cache.

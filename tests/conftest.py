@@ -26,11 +26,14 @@ HOSTS_ENV = "LIVECOMMENTS_TEST_SCYLLA_HOSTS"
 
 _video_counter = itertools.count()
 
+# Tests sign in and post as guests from one address (127.0.0.1) far more than any person.
+SUITE_LIMITS = {"LIVECOMMENTS_GUEST_RATE_LIMIT": "10000/1s", "LIVECOMMENTS_GUEST_POST_RATE_LIMIT": "10000/1s"}
+
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     """One server for the session: tests that do not restart it share it (own videos)."""
-    srv = ServerProcess({"LIVECOMMENTS_GUEST_RATE_LIMIT": "10000/1s"}).start()
+    srv = ServerProcess(SUITE_LIMITS).start()
     yield srv
     srv.close()
 
@@ -38,7 +41,7 @@ def server() -> Iterator[ServerProcess]:
 @pytest.fixture
 def live_server() -> Iterator[ServerProcess]:
     """A server of the test's own, which the test may stop and start again."""
-    srv = ServerProcess({"LIVECOMMENTS_GUEST_RATE_LIMIT": "10000/1s"}).start()
+    srv = ServerProcess(SUITE_LIMITS).start()
     yield srv
     srv.close()
 
@@ -49,7 +52,7 @@ def server_factory() -> Iterator[object]:
     started: list[ServerProcess] = []
 
     def make(env: dict[str, str] | None = None) -> ServerProcess:
-        srv = ServerProcess({"LIVECOMMENTS_GUEST_RATE_LIMIT": "10000/1s", **(env or {})}).start()
+        srv = ServerProcess({**SUITE_LIMITS, **(env or {})}).start()
         started.append(srv)
         return srv
 

@@ -76,3 +76,10 @@ class Unavailable(LivecommentsError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class TooManyRooms(Unavailable):
+    """This node holds ``max_rooms`` rooms and every one has viewers: a stream (or read)
+    of a video without a room is refused until one frees up."""
+
+    code = "too_many_rooms"

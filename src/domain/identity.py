@@ -1,7 +1,11 @@
-"""Identity: HS256 JWTs with ``sub``, ``name``, ``roles``, ``streams``, ``exp``."""
+"""Identity: HS256 JWTs with ``sub``, ``name``, ``roles``, ``streams``, ``exp``, and for a
+guest ``addr``: a keyed hash of the client address it signed in from (its
+``address_key``), so that its posts count against that address too."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -24,6 +28,8 @@ class Identity:
     name: str
     roles: frozenset[str] = frozenset({"viewer"})
     streams: frozenset[str] = frozenset()
+    # A guest token's ``addr`` claim (``TokenIssuer.address_tag``); None for other tokens.
+    address: str | None = None
 
     @property
     def verified(self) -> bool:
@@ -92,6 +98,7 @@ class TokenIssuer:
         streams: frozenset[str] | set[str] | tuple[str, ...] = (),
         ttl_s: int = 86400,
         now: float | None = None,
+        address: str | None = None,
     ) -> str:
         bad = set(roles) - set(ROLES)
         if bad:
@@ -105,7 +112,14 @@ class TokenIssuer:
             "iat": iat,
             "exp": iat + ttl_s,
         }
+        if address is not None:
+            claims["addr"] = address
         return jwt.encode(claims, self.key, algorithm=self.algorithm)
+
+    def address_tag(self, key: str) -> str:
+        """The ``addr`` claim for a client address key: keyed, so that a token does not
+        carry (or let anyone guess back by brute force) the address itself."""
+        return hmac.new(self.key.encode(), b"addr:" + key.encode(), hashlib.sha256).hexdigest()[:24]
 
     def verify(self, token: str) -> Identity:
         now = self.clock()
@@ -129,6 +143,7 @@ class TokenIssuer:
             raise Unauthorized("the token has expired", code="token_expired")
         sub, name = claims.get("sub"), claims.get("name", "")
         roles, streams = claims.get("roles", []), claims.get("streams", [])
+        address = claims.get("addr")
         if (
             not isinstance(sub, str)
             or not sub
@@ -136,9 +151,10 @@ class TokenIssuer:
             or not isinstance(roles, list)
             or not isinstance(streams, list)
             or not all(isinstance(r, str) for r in roles + streams)
+            or not (address is None or (isinstance(address, str) and address))
         ):
             raise Unauthorized("the token's claims are malformed", code="invalid_token")
-        identity = Identity(sub, name or sub, frozenset(roles) | {"viewer"}, frozenset(streams))
+        identity = Identity(sub, name or sub, frozenset(roles) | {"viewer"}, frozenset(streams), address)
         if len(self._verified) >= VERIFIED_MAX:
             del self._verified[next(iter(self._verified))]
         self._verified[token] = (identity, float(exp))

@@ -13,6 +13,12 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.viewers = Gauge("livecomments_viewers", "Viewers connected to this node", registry=r)
         self.rooms = Gauge("livecomments_rooms", "Rooms (videos with viewers) on this node", registry=r)
+        self.rooms_evicted = Counter(
+            "livecomments_rooms_evicted", "Idle rooms closed early to make space under max_rooms", registry=r
+        )
+        self.rooms_refused = Counter(
+            "livecomments_rooms_refused", "Requests refused (503 too_many_rooms): max_rooms reached, no room idle", registry=r
+        )
         self.long_polls = Gauge("livecomments_long_polls_held", "Long-poll requests held open, waiting for news", registry=r)
         self.posts = Counter("livecomments_posts", "POST comment results", ["status"], registry=r)
         self.posts_served = Counter(

@@ -22,11 +22,13 @@ class Author:
     verified: bool = False
 
 
-def shown_to(shadow: bool, author_id: str, viewer_id: str | None) -> bool:
+def shown_to(shadow: bool, author_id: str, viewer_id: str | None, *, every_author: bool = False) -> bool:
     """The visibility rule, once: a shadowed comment is shown to its author only
-    (``viewer_id`` None is an anonymous viewer). Stores that filter in their query
-    language (SQLite's ``_VISIBLE``) say the same thing in SQL."""
-    return not shadow or (viewer_id is not None and author_id == viewer_id)
+    (``viewer_id`` None is an anonymous viewer). ``every_author``: a read that keeps
+    every author's shadowed comments, to be filtered per viewer later (a room's ring).
+    Stores that filter in their query language (SQLite's ``_VISIBLE``) say the same
+    thing in SQL."""
+    return not shadow or every_author or (viewer_id is not None and author_id == viewer_id)
 
 
 @attrs.frozen
@@ -47,9 +49,9 @@ class Comment:
     shadow: bool = False
     streamer: bool = False
 
-    def visible_to(self, viewer_id: str | None) -> bool:
+    def visible_to(self, viewer_id: str | None, *, every_author: bool = False) -> bool:
         """Who may see this comment: everyone, or only its author when shadowed."""
-        return shown_to(self.shadow, self.author.id, viewer_id)
+        return shown_to(self.shadow, self.author.id, viewer_id, every_author=every_author)
 
     def to_json(self) -> dict[str, Any]:
         return {

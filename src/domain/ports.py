@@ -2,7 +2,9 @@
 
 Every method is async and must not block the Trio loop. ``viewer_id`` is the id of the
 user reading (None for an anonymous viewer): shadow comments are returned only when
-``viewer_id`` is their author. Removed comments are never returned.
+``viewer_id`` is their author, or when ``every_author`` is true: then every author's
+shadowed comments are returned (with ``shadow`` set), for a reader that decides per viewer
+itself (a room's ring). Removed comments are never returned.
 """
 
 from __future__ import annotations
@@ -31,16 +33,24 @@ class Store(Protocol):
     async def get(self, video_id: str, comment_id: int) -> Comment | None:
         """One comment, removed ones excluded."""
 
-    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
+    async def latest(
+        self, video_id: str, limit: int, viewer_id: str | None = None, *, every_author: bool = False
+    ) -> list[Comment]:
         """The newest ``limit`` visible comments, oldest first."""
 
     async def after(
-        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None, *, every_author: bool = False
     ) -> list[Comment]:
         """Visible comments with id > after_id, oldest first, at most ``limit``."""
 
     async def before(
-        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+        self,
+        video_id: str,
+        before_id: int | None,
+        limit: int,
+        viewer_id: str | None = None,
+        *,
+        every_author: bool = False,
     ) -> list[Comment]:
         """History page: visible comments with id < before_id (all when None), newest first."""
 

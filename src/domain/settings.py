@@ -42,6 +42,7 @@ class Settings:
     guest_signin: bool = _setting(True, "allow POST /v1/auth/guest", kind=bool)
     rate_limit: str = attrs.field(default="5/10s", validator=_rate, metadata={"help": "comments per user (N/period)", "kind": str})
     guest_rate_limit: str = attrs.field(default="20/m", validator=_rate, metadata={"help": "guest sign-ins per client address", "kind": str})
+    guest_post_rate_limit: str = attrs.field(default="10/10s", validator=_rate_or_off, metadata={"help": "comments per client address from guest tokens (all its guests together; IPv6 by /64; off: no limit)", "kind": str})
     reaction_rate_limit: str = attrs.field(default="30/10s", validator=_rate, metadata={"help": "reactions per user (N/period)", "kind": str})
     moderation_rules: str = _setting("", "blocked words and patterns file for automod (docs/moderation.md); empty: none")
     moderation_queue: int = _setting(10000, "comments waiting for automod; when full, new ones skip moderation", kind=int)
@@ -71,6 +72,7 @@ class Settings:
     flush_rate: float = _setting(20.0, "room flushes per second when busy", kind=float)
     flush_burst: int = _setting(4, "room flushes back to back when quiet", kind=int)
     room_linger_s: float = _setting(30.0, "seconds a room stays open after its last viewer leaves", kind=float)
+    max_rooms: int = _setting(10000, "rooms (videos with viewers or lingering) per node; past it idle rooms are closed, oldest first, and when none is idle a new video is refused (503)", kind=int)
     longpoll_max_s: float = _setting(30.0, "longest long-poll wait", kind=float)
     shutdown_grace_s: float = _setting(5.0, "seconds to drain on SIGTERM before closing", kind=float)
     worker_id: int = _setting(0, "Snowflake worker id of this process (0-1023)", kind=int)
@@ -155,6 +157,6 @@ def check(s: Settings) -> None:
         raise ValueError("viewer_sndbuf must not be negative (0: the kernel's autotuning)")
     if s.classifier and ":" not in s.classifier:
         raise ValueError("classifier must look like module:attr")
-    for name in ("max_text", "max_body", "backlog_max", "history_max", "ring_size", "snapshot_size", "viewer_buffer"):
+    for name in ("max_text", "max_body", "backlog_max", "history_max", "ring_size", "snapshot_size", "viewer_buffer", "max_rooms"):
         if getattr(s, name) < 1:
             raise ValueError(f"{name} must be positive")

@@ -93,6 +93,8 @@ class CommentService:
         self.moderation = moderation  # bans and slow mode (in-memory cache), the log
         self.queue = queue  # automod's queue: accepted comments are offered, never awaited
         self.rule = Rate.from_text(settings.rate_limit)
+        gp = settings.guest_post_rate_limit
+        self.guest_rule = None if gp.strip().lower() == "off" else Rate.from_text(gp)
         self.reaction_rule = Rate.from_text(settings.reaction_rate_limit)
         self.ids = SnowflakeGenerator(settings.worker_id)
         self.wall_ms = wall_ms
@@ -104,6 +106,13 @@ class CommentService:
         clean = clean_text(text, self.settings.max_text)
         cid = clean_client_id(client_id)
         limits = [("user:" + who.user_id, self.rule)]
+        guest = self.guest_rule if who.address is not None else None
+        if guest is not None:
+            # A guest's posts also count against the address it signed in from (all its
+            # guests together). First in the group: the Redis limiter tags every key of a
+            # group with the first one, and this key is shared by the address's guests
+            # (a guest's group always starts with it: the address is in the token).
+            limits.insert(0, ("guest-addr:" + str(who.address), guest))
         slow = policy.slow_mode_s if policy is not None else 0
         if slow:
             # The interval is part of the key: changing it starts everyone's count afresh.
@@ -111,6 +120,8 @@ class CommentService:
         decision = await self.limiter.acquire_many(limits, trio.current_time())
         if not decision.allowed:
             detail = f"at most {self.rule.count} comments per {self.rule.period:g} s"
+            if guest is not None:
+                detail += f", and guests at one address {guest.count} per {guest.period:g} s together"
             if slow:
                 detail += f", and slow mode allows one comment per {slow} s on this video"
             raise RateLimited(detail, Rate.retry_after_header(decision.retry_after))

@@ -100,14 +100,6 @@ def redis_check(redis: Redis) -> Callable[[], Awaitable[None]]:
     return redis_reachable
 
 
-def asgi(app: Any, settings: Settings) -> Any:
-    """The app as Hypercorn should run it: behind ``proxy_hops`` trusted proxies, the
-    client address comes from X-Forwarded-For."""
-    if settings.proxy_hops > 0:
-        from hypercorn.middleware import ProxyFixMiddleware
-
-        return ProxyFixMiddleware(app, mode="legacy", trusted_hops=settings.proxy_hops)
-    return app
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -123,7 +115,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
     from ingest.moderation.bans import ModerationService
     from ingest.posting import PostPipeline
     from ingest.service import CommentService
-    from transport.app import ingest_app
+    from transport.app import asgi, ingest_app
     from transport.frontdoor import FrontDoor
     from transport.handoff import AsgiHandoff
     from transport.services import IngestParts, Node
@@ -193,7 +185,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
     from adapters.redis.presence import Presence
     from adapters.redis.snapshots import SnapshotPublisher
     from rms.room import Rooms
-    from transport.app import rms_app
+    from transport.app import asgi, rms_app
     from transport.frontdoor import FrontDoor
     from transport.handoff import AsgiHandoff
     from transport.services import Node, RmsParts

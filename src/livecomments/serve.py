@@ -23,7 +23,7 @@ from ingest.service import CommentService
 from livecomments.stores import open_store
 from policy.ratelimit import InMemoryRateLimiter
 from rms.room import Rooms
-from transport.app import all_in_one_app
+from transport.app import all_in_one_app, asgi
 from transport.frontdoor import FrontDoor
 from transport.handoff import AsgiHandoff
 from transport.routes_rms import local_stats
@@ -94,7 +94,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
             IngestParts(pipeline, comments, moderation, limiter),
             RmsParts(rooms, store, local_stats(rooms)),
         )
-        handoff = AsgiHandoff(app, settings)
+        handoff = AsgiHandoff(asgi(app, settings), settings)  # behind proxy_hops proxies too
         front = FrontDoor(settings, issuer, metrics, handoff, rooms=rooms, pipeline=pipeline)
         async with trio.open_nursery() as root:
             await root.start(rooms.run)

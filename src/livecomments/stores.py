@@ -43,16 +43,26 @@ class LazyStore:
     async def get(self, video_id: str, comment_id: int) -> Comment | None:
         return await self._get().get(video_id, comment_id)
 
-    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
-        return await self._get().latest(video_id, limit, viewer_id)
+    async def latest(
+        self, video_id: str, limit: int, viewer_id: str | None = None, *, every_author: bool = False
+    ) -> list[Comment]:
+        return await self._get().latest(video_id, limit, viewer_id, every_author=every_author)
 
-    async def after(self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None) -> list[Comment]:
-        return await self._get().after(video_id, after_id, limit, viewer_id)
+    async def after(
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None, *, every_author: bool = False
+    ) -> list[Comment]:
+        return await self._get().after(video_id, after_id, limit, viewer_id, every_author=every_author)
 
     async def before(
-        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+        self,
+        video_id: str,
+        before_id: int | None,
+        limit: int,
+        viewer_id: str | None = None,
+        *,
+        every_author: bool = False,
     ) -> list[Comment]:
-        return await self._get().before(video_id, before_id, limit, viewer_id)
+        return await self._get().before(video_id, before_id, limit, viewer_id, every_author=every_author)
 
     async def aclose(self) -> None:
         if self.inner is not None:

@@ -6,12 +6,22 @@ ring and wakes the room; the room's task flushes, paced by ``FlushPacer``: one
 pre-encoded bytes object per encoding per flush, written to every viewer without
 waiting. A room is created by its first viewer and closes ``room_linger_s`` after its
 last one left (the linger keeps the ring warm across reconnect storms).
+
+A node holds at most ``max_rooms`` rooms. A new one past that closes the room idle the
+longest (no viewers: lingering, or opened by a long-poll or snapshot read) to make space;
+when every room has viewers, the new video is refused with 503 ``too_many_rooms`` and
+``Retry-After`` (``TooManyRooms``): the viewers already watching keep their rooms.
+
+The ring holds every author's shadowed comments (seeded from the store with them too):
+what each viewer may see is decided when it is read (``visible_to``), so a shadow-banned
+author's backlog is the same whether or not the room was just created.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,6 +31,7 @@ from backpressure.pacer import FlushPacer
 from backpressure.sampler import Candidate, Sampler
 from backpressure.tiers import Mode, Thresholds, TierController
 from backpressure.velocity import Velocity
+from domain.errors import TooManyRooms
 from domain.metrics import Metrics
 from domain.model import BusGap, Comment, ModeChange, Reaction, Removal
 from domain.params import StreamParams
@@ -35,6 +46,10 @@ log = logging.getLogger("livecomments.rms")
 # Viewers written per flush before the room yields to the scheduler, so that accepts,
 # posts and other rooms keep flowing while a big room fans out.
 YIELD_EVERY = 512
+
+# Retry-After of a refused new room (every room has viewers): a room becomes evictable as
+# soon as its last viewer leaves, which is not predictable; a few seconds spreads retries.
+ROOMS_RETRY_AFTER_S = 5
 
 
 def _by_id(entry: Entry) -> int:
@@ -62,7 +77,9 @@ class Room:
         self.sampler = Sampler(settings.sample_target_per_s)
         self.removals_total = 0
         self.mode: Mode = "push"
-        self.version = 0  # bumps on every change a snapshot would show
+        # Bumps on every change the public snapshot shows, and only then: a shadowed
+        # comment (or its removal) must not change it, or the ETag would tell.
+        self.version = 0
         self.ready = trio.Event()
         self.closed = False
         self.changed = trio.Event()  # set (and replaced) after every flush: long-poll waits on it
@@ -80,7 +97,8 @@ class Room:
                 self.pending.append(entry)
                 self.pending_ids.add(entry.id)
                 self.velocity.observe(trio.current_time())
-                self.version += 1
+                if not event.shadow:
+                    self.version += 1
                 self._wake.set()
         elif isinstance(event, Reaction):
             reacted = self.ring.get(event.comment_id)
@@ -117,6 +135,7 @@ class Room:
 
     def touch(self) -> None:
         self._last_used = trio.current_time()
+        self.owner.used(self)
 
     def backlog(self, n: int, user_id: str | None) -> list[Entry]:
         """The newest ``n`` entries this viewer may see, excluding those awaiting a flush
@@ -176,14 +195,20 @@ class Room:
         return out + join(entries, encoding)
 
     def join(self, viewer: Viewer) -> None:
+        if self.closed:
+            # Closed (evicted, or lingered out) between the caller's ``Rooms.get`` and
+            # this join: nothing would ever be delivered here. End the connection at once;
+            # the client reconnects and gets the video's new room.
+            viewer.close()
+            return
         self.viewers.add(viewer)
-        self.owner.viewer_joined()
+        self.owner.viewer_joined(self)
 
     def leave(self, viewer: Viewer) -> None:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
-            self.owner.viewer_left()
             self._last_used = trio.current_time()
+            self.owner.viewer_left(self)
             self._wake.set()
 
     def settle_mode(self, agreed: Mode | None) -> None:
@@ -196,6 +221,11 @@ class Room:
         self.tier.changed_at = trio.current_time()
         if agreed != self.mode:
             self.set_mode(agreed)
+
+    def evict(self) -> None:
+        """Close this idle room now (``Rooms`` needs its place): its task ends at once."""
+        self.closed = True
+        self._wake.set()
 
     def set_mode(self, mode: Mode) -> None:
         """Switch the fan-out mode and tell every viewer (``mode`` event)."""
@@ -236,7 +266,9 @@ class Room:
         await self.bus.subscribe(self.video_id, self.on_event)
         try:
             try:
-                seed = await self.store.latest(self.video_id, self.settings.ring_size)
+                # Every author's shadowed comments too: visibility is decided per viewer
+                # when the ring is read, as for the comments that arrive live.
+                seed = await self.store.latest(self.video_id, self.settings.ring_size, every_author=True)
             except Exception as e:  # the room still serves live comments without history
                 log.warning("room %s: could not load history: %s", self.video_id, e)
                 seed = []
@@ -260,6 +292,8 @@ class Room:
         next_heartbeat = trio.current_time() + s.heartbeat_s
         while True:
             now = trio.current_time()
+            if self.closed:
+                return  # evicted
             if not self.viewers and now - self._last_used >= s.room_linger_s and not self.pending:
                 return
             if not (self.pending or self.pending_removals):
@@ -368,8 +402,7 @@ class Room:
         if stale and self.mode == "cdn" and self._snapshot is not None and now - self._snapshot_at < self.settings.snapshot_interval_s:
             stale = False  # cdn mode: one snapshot per interval, whatever the edge asks
         if stale or self._snapshot is None:
-            entries = [e for e in self.ring.last(self.settings.snapshot_size + 64) if e.comment.visible_to(None)]
-            entries = entries[-self.settings.snapshot_size :]
+            entries = self._public_tail(self.settings.snapshot_size)
             body = dumps(
                 {
                     "video_id": self.video_id,
@@ -379,11 +412,25 @@ class Room:
                     "next": str(entries[-1].id) if entries else None,
                 }
             )
-            etag = f'"{self.version:x}-{len(body):x}"'
+            # From the body alone: the same public view has the same ETag on every node
+            # and across restarts, and nothing the public cannot see can change it.
+            etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
             self._snapshot = (self.version, body, etag)
             self._snapshot_at = now
             self.metrics.snapshot_written(len(body))
         return self._snapshot[1], self._snapshot[2]
+
+    def _public_tail(self, n: int) -> list[Entry]:
+        """The newest ``n`` public entries in the ring, oldest first (looking past any
+        number of shadowed ones, so that those cannot thin out the snapshot)."""
+        out: list[Entry] = []
+        for e in reversed(self.ring.last(len(self.ring))):
+            if not e.comment.shadow:
+                out.append(e)
+                if len(out) >= n:
+                    break
+        out.reverse()
+        return out
 
 
 class LocalPresence:
@@ -415,6 +462,9 @@ class Rooms:
         self.bus = bus
         self.metrics = metrics
         self.rooms: dict[str, Room] = {}
+        # The rooms without viewers, least recently used first: the ones ``_make_space``
+        # closes first when ``max_rooms`` is reached. Kept in step by join, leave, touch.
+        self.idle: OrderedDict[str, Room] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self.viewers = 0
         self._empty = trio.Event()
@@ -440,13 +490,18 @@ class Rooms:
                     room.settle_mode(await self.presence.agree_mode(room.video_id, room.mode, change))
             self.metrics.tier_evaluations.inc()
 
-    def viewer_joined(self) -> None:
+    def viewer_joined(self, room: Room) -> None:
         self.viewers += 1
         self.metrics.viewer_joined()
+        if self.idle.get(room.video_id) is room:
+            del self.idle[room.video_id]
 
-    def viewer_left(self) -> None:
+    def viewer_left(self, room: Room) -> None:
         self.viewers -= 1
         self.metrics.viewer_left()
+        if not room.viewers and self.rooms.get(room.video_id) is room:
+            self.idle[room.video_id] = room
+            self.idle.move_to_end(room.video_id)
         if self.viewers == 0:
             self._empty.set()
             self._empty = trio.Event()
@@ -476,8 +531,11 @@ class Rooms:
         room = self.rooms.get(video_id)
         if room is None:
             assert self._nursery is not None, "Rooms.run must be started first"
+            self._make_space()
             room = Room(video_id, self)
             self.rooms[video_id] = room
+            self.idle[video_id] = room  # no viewers yet
+            self.metrics.rooms.set(len(self.rooms))
             self._nursery.start_soon(room.run)
         await room.ready.wait()
         if room.closed:
@@ -485,9 +543,46 @@ class Rooms:
         room.touch()
         return room
 
+    def _make_space(self) -> None:
+        """Make space for one more room under ``max_rooms``.
+
+        The decision when full: close the rooms idle the longest (no viewers; a ring is
+        cheap to load again), so a flood of new video ids recycles idle rooms instead of
+        growing memory; when every room has viewers, refuse the new one (503 with
+        Retry-After) rather than take a room from people watching. Rooms still loading
+        their history are passed over (their first caller is waiting for them).
+        """
+        excess = len(self.rooms) + 1 - self.settings.max_rooms
+        if excess <= 0:
+            return
+        victims: list[Room] = []
+        for room in self.idle.values():
+            if len(victims) >= excess:
+                break
+            if room.ready.is_set() and not room.closed:
+                victims.append(room)
+        if len(victims) < excess:
+            self.metrics.rooms_refused.inc()
+            raise TooManyRooms(
+                f"this node holds its maximum of {self.settings.max_rooms} rooms, all with viewers",
+                ROOMS_RETRY_AFTER_S,
+            )
+        for room in victims:
+            self.forget(room)
+            room.evict()
+            self.metrics.rooms_evicted.inc()
+
+    def used(self, room: Room) -> None:
+        """A room was read (get, long-poll): idle, it goes to the back of the eviction order."""
+        if self.idle.get(room.video_id) is room:
+            self.idle.move_to_end(room.video_id)
+
     def forget(self, room: Room) -> None:
         if self.rooms.get(room.video_id) is room:
             del self.rooms[room.video_id]
+            self.metrics.rooms.set(len(self.rooms))
+        if self.idle.get(room.video_id) is room:
+            del self.idle[room.video_id]
 
     async def snapshot(self, room: Room) -> tuple[bytes, str]:
         """``snapshot.json`` of the room's video, (body, ETag): in cdn mode the one the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 import trio
 from quart import Response, redirect, request
@@ -11,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from domain.errors import LivecommentsError, NotFound
 from domain.params import check_video
+from domain.settings import Settings
 from transport.openapi import openapi
 from transport.services import IngestParts, Node, RmsParts
 from transport.services import node as current
@@ -18,6 +20,17 @@ from transport.web import error_response, json_response
 
 BODY_DRAIN_S = 5.0
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
+
+
+def asgi(app: Any, settings: Settings) -> Any:
+    """The app as Hypercorn should run it: behind ``proxy_hops`` trusted proxies, the
+    client address (guest sign-in's limit and the address in a guest token) comes from
+    X-Forwarded-For."""
+    if settings.proxy_hops > 0:
+        from hypercorn.middleware import ProxyFixMiddleware
+
+        return ProxyFixMiddleware(app, mode="legacy", trusted_hops=settings.proxy_hops)
+    return app
 
 
 def all_in_one_app(node: Node, ingest: IngestParts, rms: RmsParts) -> QuartTrio:

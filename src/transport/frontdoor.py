@@ -366,11 +366,12 @@ class FrontDoor:
         last = headers.get(b"last-event-id")
         try:
             params = stream_params(s, self.issuer, video_id, query, last.decode("latin-1") if last is not None else None)
+            assert self.rooms is not None
+            # 503 too_many_rooms past max_rooms
+            room, user_id, first = await self.rooms.open_stream(params, Encoding.SSE)
         except LivecommentsError as e:
             await self._lc_error(sock, conn, e)
             return None
-        assert self.rooms is not None
-        room, user_id, first = await self.rooms.open_stream(params, Encoding.SSE)
         head = conn.send(
             h11.Response(
                 status_code=200,
@@ -398,20 +399,22 @@ class FrontDoor:
             return None
         try:
             params = stream_params(self.settings, self.issuer, video_id, query, None)
+            assert self.rooms is not None
+            # 503 too_many_rooms past max_rooms
+            room, user_id, first = await self.rooms.open_stream(params, Encoding.WS)
         except LivecommentsError as e:
             body = json.dumps(e.body()).encode()
+            extra = [(k.lower().encode(), v.encode()) for k, v in e.headers().items()]
             out = ws.send(
                 RejectConnection(
                     status_code=e.status,
-                    headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+                    headers=[(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *extra],
                     has_body=True,
                 )
             )
             out += ws.send(RejectData(data=body))
             await _send_all(sock, out)
             return None
-        assert self.rooms is not None
-        room, user_id, first = await self.rooms.open_stream(params, Encoding.WS)
         return room, user_id, Encoding.WS, ws.send(AcceptConnection()) + first, ws
 
     async def _ws_input(self, ws: WSConnection, viewer: SocketViewer, room: Room, data: bytes, buf: list[str]) -> bool:

@@ -54,7 +54,7 @@ from hypercorn.trio.worker_context import WorkerContext
 
 from domain.settings import Settings
 
-log = logging.getLogger("livecomments.handoff")
+log = logging.getLogger("transport.handoff")
 
 # The key of the connection's GuardedStream in an ASGI scope's "extensions".
 TRANSPORT = "livecomments.transport"

@@ -8,6 +8,7 @@ from quart import Blueprint, Response, request
 from domain.errors import NotFound, RateLimited, Unprocessable
 from domain.identity import new_guest_id
 from domain.params import check_video, parse_id
+from policy.addresses import address_key
 from policy.rate import Rate
 from transport.services import ingest, node
 from transport.web import bearer, body_bytes, json_body, json_response
@@ -27,12 +28,14 @@ async def guest() -> Response:
     if not isinstance(name, str) or not 1 <= len(name.strip()) <= NAME_MAX or not name.strip().isprintable():
         raise Unprocessable(f"name must be 1-{NAME_MAX} printable characters", code="invalid_name")
     rule = Rate.from_text(svc.settings.guest_rate_limit)
-    addr = request.remote_addr or "unknown"
+    addr = address_key(request.remote_addr or "unknown")  # IPv6 by /64
     decision = await parts.limiter.acquire("guest:" + addr, rule, trio.current_time())
     if not decision.allowed:
         raise RateLimited("too many guest sign-ins from this address", Rate.retry_after_header(decision.retry_after))
     user_id = new_guest_id()
-    token = svc.issuer.issue(user_id, name.strip(), ("viewer",))
+    # The address goes into the token (hashed): the guest's posts count against it too
+    # (``LIVECOMMENTS_GUEST_POST_RATE_LIMIT``), however many guests it signed in.
+    token = svc.issuer.issue(user_id, name.strip(), ("viewer",), address=svc.issuer.address_tag(addr))
     return json_response({"token": token, "user_id": user_id, "name": name.strip()}, 201)
 
 

@@ -20,6 +20,7 @@ re:free\\s+v-?bucks
 
 AUTOMOD_ENV = {
     "LIVECOMMENTS_GUEST_RATE_LIMIT": "10000/1s",
+    "LIVECOMMENTS_GUEST_POST_RATE_LIMIT": "10000/1s",
     "LIVECOMMENTS_RATE_LIMIT": "1000/1s",
     "LIVECOMMENTS_CLASSIFIER": "tests.moderation.fake_classifier:MarkerClassifier",
     "LIVECOMMENTS_MODERATION_REPEAT": "3/60s",

@@ -22,7 +22,7 @@ from transport.openapi import openapi
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[ServerProcess]:
     """A server of its own: fuzzed bans and settings must not reach other tests' users."""
-    srv = ServerProcess({"LIVECOMMENTS_GUEST_RATE_LIMIT": "10000/1s"}).start()
+    srv = ServerProcess({"LIVECOMMENTS_GUEST_RATE_LIMIT": "10000/1s", "LIVECOMMENTS_GUEST_POST_RATE_LIMIT": "10000/1s"}).start()
     yield srv
     srv.close()
 

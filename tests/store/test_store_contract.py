@@ -156,6 +156,28 @@ async def test_shadow_comments_reach_only_their_author(store: Store, comments: C
     assert await store.latest(v, 10, "mallory") == [a1, s1, a2, a3]
 
 
+async def test_every_author_reads_every_shadowed_comment(store: Store, comments: Comments) -> None:
+    """What a room seeds its ring with: everything not removed, shadowed comments of every
+    author included (flagged), whoever would have been the viewer."""
+    v = comments.video_id
+    a1 = comments.make("a1")
+    s1 = comments.make("spam 1", author="mallory", shadow=True)
+    e1 = comments.make("eve's", author="eve", shadow=True)
+    a2 = comments.make("a2", author="bob")
+    gone = comments.make("gone", author="mallory", shadow=True)
+    for c in (a1, s1, e1, a2, gone):
+        await store.append(c)
+    assert await store.remove(v, gone.id) is True
+    everything = [a1, s1, e1, a2]
+    for viewer in (None, "mallory", "bob"):
+        assert await store.latest(v, 10, viewer, every_author=True) == everything
+        assert await store.latest(v, 3, viewer, every_author=True) == everything[-3:]
+        assert await store.after(v, a1.id, 2, viewer, every_author=True) == [s1, e1]
+        assert await store.before(v, a2.id, 10, viewer, every_author=True) == everything[-2::-1]
+    assert [c.shadow for c in await store.latest(v, 10, every_author=True)] == [False, True, True, False]
+    assert await store.latest(v, 10) == [a1, a2]  # the default is unchanged
+
+
 async def test_pages_fill_past_hidden_comments(store: Store, comments: Comments) -> None:
     """A page of N visible comments, even when many rows in between are hidden."""
     v = comments.video_id

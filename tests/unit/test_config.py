@@ -120,7 +120,7 @@ def test_bad_flags_raise_with_the_flag_name(flag: str, text: str) -> None:
         load(parse(flag, text), {})
 
 
-@pytest.mark.parametrize("name", ["rate_limit", "guest_rate_limit", "reaction_rate_limit"])
+@pytest.mark.parametrize("name", ["rate_limit", "guest_rate_limit", "guest_post_rate_limit", "reaction_rate_limit"])
 @pytest.mark.parametrize("text", ["fast", "0/s", "5/0s", "5/10x"])
 def test_bad_rates_raise_with_the_setting_s_name(name: str, text: str) -> None:
     with pytest.raises(ValueError, match=name):
@@ -140,6 +140,7 @@ def test_bad_rates_raise_with_the_setting_s_name(name: str, text: str) -> None:
         ({"LIVECOMMENTS_SNAPSHOT_SIZE": "0"}, "snapshot_size"),
         ({"LIVECOMMENTS_BACKLOG_MAX": "0"}, "backlog_max"),
         ({"LIVECOMMENTS_HISTORY_MAX": "0"}, "history_max"),
+        ({"LIVECOMMENTS_MAX_ROOMS": "0"}, "max_rooms"),
         ({"LIVECOMMENTS_TIER_SAMPLED_BELOW": "60000"}, "tier"),
         ({"LIVECOMMENTS_TIER_CDN_BELOW": "100001"}, "tier"),
     ],

@@ -56,7 +56,7 @@ from domain.ids import lowest_id_at, snowflake_ms
 from domain.model import BusGap, Comment, ModeChange, Reaction, Removal
 from domain.ports import BusEvent, Handler, StoreUnavailable
 
-log = logging.getLogger("livecomments.bus")
+log = logging.getLogger("adapters.memory")
 
 SEEN_KEPT = 4096  # ids released per video remembered for de-duplication
 SUBSCRIBE_CHUNK = 256

@@ -309,33 +309,43 @@ class ClusterStore:
             raise StoreUnavailable(f"Redis: {e}") from None
         return await self.cold.get(video_id, comment_id)
 
-    async def _hot_desc(self, video_id: str, below: int | None, limit: int, viewer_id: str | None) -> list[Comment]:
+    async def _hot_desc(
+        self, video_id: str, below: int | None, limit: int, viewer_id: str | None, every_author: bool = False
+    ) -> list[Comment]:
         """Up to ``limit`` visible hot comments below ``below``, newest first."""
         out: list[Comment] = []
         while len(out) < limit:
             want = limit - len(out) + 16
             page = await self.hot.newest(video_id, want, below)
-            out.extend(c for c in page if c.visible_to(viewer_id))
+            out.extend(c for c in page if c.visible_to(viewer_id, every_author=every_author))
             if len(page) < want:
                 break
             below = page[-1].id
         return out[:limit]
 
     async def _hot_asc(
-        self, video_id: str, after_id: int, below: int | None, limit: int, viewer_id: str | None
+        self,
+        video_id: str,
+        after_id: int,
+        below: int | None,
+        limit: int,
+        viewer_id: str | None,
+        every_author: bool = False,
     ) -> list[Comment]:
         """Up to ``limit`` visible hot comments after ``after_id`` (below ``below``), oldest first."""
         out: list[Comment] = []
         while len(out) < limit:
             want = limit - len(out) + 16
             page = await self.hot.after(video_id, after_id, want, below)
-            out.extend(c for c in page if c.visible_to(viewer_id))
+            out.extend(c for c in page if c.visible_to(viewer_id, every_author=every_author))
             if len(page) < want:
                 break
             after_id = page[-1].id
         return out[:limit]
 
-    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
+    async def latest(
+        self, video_id: str, limit: int, viewer_id: str | None = None, *, every_author: bool = False
+    ) -> list[Comment]:
         if limit <= 0:
             return []
         bound = self.read_bound(video_id) if self.read_bound is not None else None
@@ -344,18 +354,18 @@ class ClusterStore:
             hot: list[Comment] = []
             removed: set[int] = set()
             if floor is not None:
-                hot = await self._hot_desc(video_id, bound, limit, viewer_id)
+                hot = await self._hot_desc(video_id, bound, limit, viewer_id, every_author)
                 if len(hot) >= limit and hot[-1].id > floor:
                     return hot[::-1]
                 removed = await self.hot.removed_ids(video_id)
         except REDIS_ERRORS as e:
             log.warning("latest %s: Redis unavailable (%s); reading the cold store", video_id, e)
-            return (await self.cold.before(video_id, bound, limit, viewer_id))[::-1]
-        cold = await self.cold.before(video_id, bound, limit, viewer_id)
+            return (await self.cold.before(video_id, bound, limit, viewer_id, every_author=every_author))[::-1]
+        cold = await self.cold.before(video_id, bound, limit, viewer_id, every_author=every_author)
         return _merge(hot, cold, removed, descending=True)[:limit][::-1]
 
     async def after(
-        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None, *, every_author: bool = False
     ) -> list[Comment]:
         if limit <= 0:
             return []
@@ -365,18 +375,24 @@ class ClusterStore:
             hot: list[Comment] = []
             removed: set[int] = set()
             if floor is not None:
-                hot = await self._hot_asc(video_id, after_id, bound, limit, viewer_id)
+                hot = await self._hot_asc(video_id, after_id, bound, limit, viewer_id, every_author)
                 if after_id >= floor:
                     return hot
                 removed = await self.hot.removed_ids(video_id)
         except REDIS_ERRORS as e:
             log.warning("after %s: Redis unavailable (%s); reading the cold store", video_id, e)
-            return self._cut(await self.cold.after(video_id, after_id, limit, viewer_id), bound)
-        cold = self._cut(await self.cold.after(video_id, after_id, limit, viewer_id), bound)
+            return self._cut(await self.cold.after(video_id, after_id, limit, viewer_id, every_author=every_author), bound)
+        cold = self._cut(await self.cold.after(video_id, after_id, limit, viewer_id, every_author=every_author), bound)
         return _merge(hot, cold, removed, descending=False)[:limit]
 
     async def before(
-        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+        self,
+        video_id: str,
+        before_id: int | None,
+        limit: int,
+        viewer_id: str | None = None,
+        *,
+        every_author: bool = False,
     ) -> list[Comment]:
         if limit <= 0:
             return []
@@ -385,27 +401,26 @@ class ClusterStore:
             hot: list[Comment] = []
             removed: set[int] = set()
             if floor is not None:
-                hot = await self._hot_desc(video_id, before_id, limit, viewer_id)
+                hot = await self._hot_desc(video_id, before_id, limit, viewer_id, every_author)
                 if len(hot) >= limit and hot[-1].id > floor:
                     return hot
                 removed = await self.hot.removed_ids(video_id)
         except REDIS_ERRORS as e:
             log.warning("before %s: Redis unavailable (%s); reading the cold store", video_id, e)
-            return await self.cold.before(video_id, before_id, limit, viewer_id)
-        cold = await self.cold.before(video_id, before_id, limit, viewer_id)
+            return await self.cold.before(video_id, before_id, limit, viewer_id, every_author=every_author)
+        cold = await self.cold.before(video_id, before_id, limit, viewer_id, every_author=every_author)
         return _merge(hot, cold, removed, descending=True)[:limit]
 
     async def recent_all(self, video_id: str, after_id: int, limit: int) -> list[Comment]:
-        """Everything after ``after_id`` (shadowed comments included), oldest first: what
-        the bus feeds a room when it joins a video or backfills after an outage. Below
-        the hot floor the cold store fills in (without shadowed comments: it only gives
-        those to their author)."""
+        """Everything after ``after_id`` (every author's shadowed comments included),
+        oldest first: what the bus feeds a room when it joins a video or backfills after
+        an outage. Below the hot floor the cold store fills in."""
         floor = await self.hot.floor(video_id)
         hot = await self.hot.after(video_id, after_id, limit) if floor is not None else []
         if floor is not None and after_id >= floor:
             return hot
         removed = await self.hot.removed_ids(video_id) if floor is not None else set()
-        cold = await self.cold.after(video_id, after_id, limit)
+        cold = await self.cold.after(video_id, after_id, limit, every_author=True)
         return _merge(hot, cold, removed, descending=False)[:limit]
 
     async def aclose(self) -> None:

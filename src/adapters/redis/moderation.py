@@ -46,7 +46,7 @@ from domain.moderation import Ban, LogEntry, VideoSettings
 from domain.ports import StoreUnavailable
 from ingest.moderation.automod import Automod, InProcessQueue, ModerationMetrics
 
-log = logging.getLogger("livecomments.moderation.redis")
+log = logging.getLogger("ingest.moderation.redis")
 
 PAD = 19
 GROUP = "moderate"

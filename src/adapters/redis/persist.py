@@ -41,7 +41,7 @@ from adapters.redis.streams import GroupConsumer, text
 from domain.model import Comment
 from domain.ports import Store, StoreUnavailable
 
-log = logging.getLogger("livecomments.persist")
+log = logging.getLogger("adapters.redis.persist")
 
 GROUP = "persist"
 

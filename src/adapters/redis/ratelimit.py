@@ -80,7 +80,9 @@ class RedisRateLimiter:
 
     The keys of one call share a hash tag (the first key), so ``acquire_many`` is one
     script on one slot of a Redis Cluster; a key is named the same way whether it is
-    checked alone or first in a group (``user:U`` is always first in a post's group).
+    checked alone or first in a group (``user:U`` is always first in a post's group, or
+    for a guest ``guest-addr:A``: then all of that guest's post keys carry that tag, which
+    its token fixes, and the address key itself is the same for every guest of A).
     """
 
     def __init__(self, redis: Redis, keys: Keys) -> None:

@@ -388,13 +388,13 @@ class _PartitionReader:
     exhausted: bool = False
 
 
-def _visible(copies: list[_Row], viewer_id: str | None) -> bool:
+def _visible(copies: list[_Row], viewer_id: str | None, every_author: bool = False) -> bool:
     # A comment is normally in one partition; a retry that straddled a hot/cold switch can
     # leave a copy in another shard. Removed if any copy is.
     if any(c.removed for c in copies):
         return False
     first = copies[0]
-    return shown_to(first.shadow, first.author_id, viewer_id)
+    return shown_to(first.shadow, first.author_id, viewer_id, every_author=every_author)
 
 
 class _PartitionIndex:
@@ -650,13 +650,21 @@ class ScyllaStore:
             return None
         return rows[0].comment(video_id)
 
-    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
-        page = await self.before(video_id, None, limit, viewer_id)
+    async def latest(
+        self, video_id: str, limit: int, viewer_id: str | None = None, *, every_author: bool = False
+    ) -> list[Comment]:
+        page = await self.before(video_id, None, limit, viewer_id, every_author=every_author)
         page.reverse()
         return page
 
     async def before(
-        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+        self,
+        video_id: str,
+        before_id: int | None,
+        limit: int,
+        viewer_id: str | None = None,
+        *,
+        every_author: bool = False,
     ) -> list[Comment]:
         if limit <= 0 or (before_id is not None and before_id <= 0):
             return []
@@ -664,10 +672,10 @@ class ScyllaStore:
             before_id = min(before_id, _MAX_BIGINT)
         upto = bucket_of(before_id, self.bucket_ms) if before_id is not None else _MAX_BIGINT
         index = _PartitionIndex(self._run, video_id, True, upto)
-        return await self._scan(video_id, index, before_id, limit, viewer_id, descending=True)
+        return await self._scan(video_id, index, before_id, limit, viewer_id, every_author, descending=True)
 
     async def after(
-        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None, *, every_author: bool = False
     ) -> list[Comment]:
         if limit <= 0:
             return []
@@ -676,7 +684,7 @@ class ScyllaStore:
         after_id = max(after_id, -1)
         start = bucket_of(after_id, self.bucket_ms) if after_id > 0 else -_MAX_BIGINT
         index = _PartitionIndex(self._run, video_id, False, start)
-        return await self._scan(video_id, index, after_id, limit, viewer_id, descending=False)
+        return await self._scan(video_id, index, after_id, limit, viewer_id, every_author, descending=False)
 
     async def _find(self, video_id: str, comment_id: int) -> list[tuple[int, _Row]]:
         """Every stored copy of one comment (normally one): (shard, row)."""
@@ -700,6 +708,7 @@ class ScyllaStore:
         cursor: int | None,
         limit: int,
         viewer_id: str | None,
+        every_author: bool,
         *,
         descending: bool,
     ) -> list[Comment]:
@@ -718,7 +727,7 @@ class ScyllaStore:
             if not batch:
                 break
             readers = [_PartitionReader(bucket=b, shard=s) for b, s in batch]
-            await self._scan_batch(video_id, readers, cursor, limit, viewer_id, descending, out)
+            await self._scan_batch(video_id, readers, cursor, limit, viewer_id, every_author, descending, out)
             width *= 2
         return out
 
@@ -729,6 +738,7 @@ class ScyllaStore:
         cursor: int | None,
         limit: int,
         viewer_id: str | None,
+        every_author: bool,
         descending: bool,
         out: list[Comment],
     ) -> None:
@@ -764,7 +774,7 @@ class ScyllaStore:
                 return
             top = pick(r.buf[0].comment_id for r in live)
             copies = [r.buf.popleft() for r in live if r.buf[0].comment_id == top]
-            if _visible(copies, viewer_id):
+            if _visible(copies, viewer_id, every_author):
                 out.append(copies[0].comment(video_id))
             if any(not r.buf and not r.exhausted for r in live):
                 await refill_empty()

@@ -45,7 +45,11 @@ CREATE TABLE IF NOT EXISTS comments (
 """
 
 _COLUMNS = "id, video_id, author_id, author_name, verified, text, created_at, client_id, shadow, streamer"
-_VISIBLE = "removed = 0 AND (shadow = 0 OR author_id = ?)"  # domain.model.shown_to, in SQL
+_VISIBLE = "removed = 0 AND (shadow = 0 OR author_id = ? OR ?)"  # domain.model.shown_to, in SQL
+
+
+def _visible_params(viewer_id: str | None, every_author: bool) -> tuple[str, int]:
+    return viewer_id or "", int(every_author)
 
 
 def _row(r: tuple[Any, ...]) -> Comment:
@@ -186,29 +190,37 @@ class SqliteStore:
         )
         return _row(rows[0]) if rows else None
 
-    async def latest(self, video_id: str, limit: int, viewer_id: str | None = None) -> list[Comment]:
+    async def latest(
+        self, video_id: str, limit: int, viewer_id: str | None = None, *, every_author: bool = False
+    ) -> list[Comment]:
         rows = await self._read(
             f"SELECT {_COLUMNS} FROM comments WHERE video_id = ? AND {_VISIBLE} ORDER BY id DESC LIMIT ?",
-            (video_id, viewer_id or "", limit),
+            (video_id, *_visible_params(viewer_id, every_author), limit),
         )
         return [_row(r) for r in reversed(rows)]
 
     async def after(
-        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None
+        self, video_id: str, after_id: int, limit: int, viewer_id: str | None = None, *, every_author: bool = False
     ) -> list[Comment]:
         rows = await self._read(
             f"SELECT {_COLUMNS} FROM comments WHERE video_id = ? AND id > ? AND {_VISIBLE} ORDER BY id ASC LIMIT ?",
-            (video_id, after_id, viewer_id or "", limit),
+            (video_id, after_id, *_visible_params(viewer_id, every_author), limit),
         )
         return [_row(r) for r in rows]
 
     async def before(
-        self, video_id: str, before_id: int | None, limit: int, viewer_id: str | None = None
+        self,
+        video_id: str,
+        before_id: int | None,
+        limit: int,
+        viewer_id: str | None = None,
+        *,
+        every_author: bool = False,
     ) -> list[Comment]:
         cursor = (1 << 63) - 1 if before_id is None else before_id
         rows = await self._read(
             f"SELECT {_COLUMNS} FROM comments WHERE video_id = ? AND id < ? AND {_VISIBLE} ORDER BY id DESC LIMIT ?",
-            (video_id, cursor, viewer_id or "", limit),
+            (video_id, cursor, *_visible_params(viewer_id, every_author), limit),
         )
         return [_row(r) for r in rows]
 
