@@ -74,6 +74,11 @@ class GuardedStream(trio.abc.HalfCloseableStream):
     """A socket stream that first returns ``prefix``, then what the socket receives, and
     that enforces the head, body, idle and stuck timeouts (see the module docstring)."""
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> GuardedStream:
+        # It rides in the ASGI scope, which middleware may deep-copy (hypercorn's
+        # ProxyFixMiddleware does, behind PROXY_HOPS): a connection has one stream.
+        return self
+
     def __init__(self, sock: trio.socket.SocketType, prefix: bytes, settings: Settings) -> None:
         self._sock = sock
         self._prefix = prefix
