@@ -19,7 +19,6 @@ import trio
 
 from backpressure.rate import Rate
 from backpressure.ratelimit import RateLimiter
-from ingest.ordering import PublishOrder
 from livecomments.auth import Identity
 from livecomments.bus import Bus
 from livecomments.config import Settings
@@ -27,6 +26,7 @@ from livecomments.errors import Forbidden, NotFound, RateLimited, Unavailable, U
 from livecomments.ids import SnowflakeGenerator
 from livecomments.model import Author, Comment, Reaction, Removal
 from livecomments.store.base import Store, StoreUnavailable
+from policy.ordering import PublishOrder
 
 if TYPE_CHECKING:
     from ingest.moderation import ModerationService

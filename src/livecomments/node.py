@@ -62,7 +62,8 @@ async def wait_for_signal() -> None:
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
     """The configured comment store, open for the duration of the block."""
     if settings.store == "scylla":
-        from livecomments.store.scylla import ScyllaStore, ShardingThresholds
+        from livecomments.store.scylla import ScyllaStore
+        from policy.shards import ShardingThresholds
 
         hot_v, hot_n = settings.shard_hot_comments_per_s, settings.shard_hot_viewers
         thresholds = ShardingThresholds(

@@ -33,12 +33,17 @@ from livecomments.config import Settings
 from livecomments.model import Comment
 from livecomments.node import drain, listen, wait_for_signal
 from livecomments.redis.client import REDIS_ERRORS, Keys, Redis, open_redis
+from livecomments.retry import Retry
 from livecomments.store.base import Store, StoreUnavailable
+from policy.backoff import Backoff
 
 log = logging.getLogger("livecomments.roles")
 
 # What each role's command defaults differently from ``serve``.
 CLUSTER_DEFAULTS: dict[str, Any] = {"guest_signin": False}
+# Connecting to a CQL cluster that is not up yet: 0.5 s doubling up to 10 s. Not jittered:
+# a handful of processes each try once per delay, too few to need spreading out.
+CQL_CONNECT = Backoff(initial_s=0.5, max_s=10.0, jitter=0.0)
 
 
 def quiet_client_logs() -> None:
@@ -111,7 +116,8 @@ async def open_cold_store(settings: Settings) -> AsyncIterator[Store]:
         async with SqliteStore.open(path, durable=settings.sqlite_synchronous == "full") as sqlite:
             yield sqlite
         return
-    from livecomments.store.scylla import ScyllaStore, ShardingThresholds
+    from livecomments.store.scylla import ScyllaStore
+    from policy.shards import ShardingThresholds
 
     hosts = [h.strip() for h in settings.scylla_hosts.split(",") if h.strip()]
     lazy = LazyStore("CQL")
@@ -124,7 +130,7 @@ async def open_cold_store(settings: Settings) -> AsyncIterator[Store]:
     )
 
     async def connect() -> None:
-        delay = 0.5
+        retry = Retry(CQL_CONNECT)
         while True:
             store = ScyllaStore(
                 hosts,
@@ -138,9 +144,9 @@ async def open_cold_store(settings: Settings) -> AsyncIterator[Store]:
             try:
                 await store.connect()
             except Exception as e:  # the driver raises several kinds; all mean "not yet"
+                delay = retry.next_delay()
                 log.warning("CQL store at %s not reachable (%s); retrying in %.1f s", settings.scylla_hosts, e, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await retry.sleep(delay)
                 continue
             lazy.inner = store
             log.info("CQL store connected: %s/%s", settings.scylla_hosts, settings.scylla_keyspace)

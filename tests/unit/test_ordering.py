@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.ordering import PublishOrder
+from policy.ordering import PublishOrder
 
 
 @given(st.permutations(list(range(30))), st.sets(st.integers(0, 29)))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,13 +42,16 @@ from livecomments.model import Comment
 from livecomments.moderation.pipeline import Automod, InProcessQueue, ModerationMetrics
 from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
 from livecomments.redis.streams import GroupConsumer, text
+from livecomments.retry import Retry
 from livecomments.store.base import StoreUnavailable
 from livecomments.store.moderation import Ban, LogEntry, VideoSettings
+from policy.backoff import Backoff
 
 log = logging.getLogger("livecomments.moderation.redis")
 
 PAD = 19
 GROUP = "moderate"
+FORWARD_RETRY = Backoff(initial_s=0.2, max_s=5.0)  # the forwarder after a failed batch
 
 
 _s = text
@@ -229,7 +231,7 @@ class RedisModerationQueue(InProcessQueue):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Forward buffered comments to the streams until cancelled."""
         task_status.started()
-        backoff = 0.2
+        retry = Retry(FORWARD_RETRY)
         while True:
             first = await self._recv.receive()
             batch = [first]
@@ -240,13 +242,12 @@ class RedisModerationQueue(InProcessQueue):
                     break
             try:
                 await self.forward(batch)
-                backoff = 0.2
+                retry.reset()
             except REDIS_ERRORS as e:
                 # Moderation is best effort: the batch is dropped (counted), posting goes on.
                 self.metrics.skipped.inc(len(batch))
                 log.warning("moderation queue: Redis unavailable (%s); %d comments skip moderation", e, len(batch))
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                await retry.sleep()
 
     async def forward(self, comments: list[Comment]) -> None:
         for c in comments:
