@@ -37,7 +37,8 @@ import attrs
 import trio
 
 from livecomments.model import Comment
-from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.client import REDIS_ERRORS, Redis
+from livecomments.redis.keys import Keys
 from livecomments.redis.streams import GroupConsumer, text
 from livecomments.store.base import Store, StoreUnavailable
 

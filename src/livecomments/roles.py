@@ -32,7 +32,8 @@ import trio
 from livecomments.config import Settings
 from livecomments.model import Comment
 from livecomments.node import drain, listen, wait_for_signal
-from livecomments.redis.client import REDIS_ERRORS, Keys, Redis, open_redis
+from livecomments.redis.client import REDIS_ERRORS, Redis, open_redis
+from livecomments.redis.keys import Keys
 from livecomments.retry import Retry
 from livecomments.store.base import Store, StoreUnavailable
 from policy.backoff import Backoff

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from livecomments.redis.client import Keys, open_redis
+from livecomments.redis.client import open_redis
+from livecomments.redis.keys import Keys
 
 _ids = itertools.count()
 

@@ -18,8 +18,9 @@ from livecomments.ids import SnowflakeGenerator
 from livecomments.model import Author, Comment, Removal
 from livecomments.persist import PersistWorker
 from livecomments.redis.bus import RedisBus, encode
-from livecomments.redis.client import Keys, open_redis
+from livecomments.redis.client import open_redis
 from livecomments.redis.hotstore import ClusterStore, HotStore, LateComment
+from livecomments.redis.keys import Keys
 from livecomments.redis.presence import Presence
 from livecomments.redis.ratelimit import RedisRateLimiter
 from livecomments.store.base import StoreUnavailable

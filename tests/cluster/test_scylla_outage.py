@@ -33,8 +33,8 @@ import trio
 from livecomments import config
 from livecomments.ids import SnowflakeGenerator
 from livecomments.model import Author, Comment
-from livecomments.redis.client import Keys
 from livecomments.redis.hotstore import HotStore
+from livecomments.redis.keys import Keys
 from livecomments.redis.presence import Presence
 from livecomments.roles import run_persist
 from livecomments.store.base import StoreUnavailable

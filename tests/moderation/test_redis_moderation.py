@@ -22,7 +22,8 @@ from livecomments.errors import Forbidden
 from livecomments.model import Author, Comment
 from livecomments.moderation.pipeline import Automod, ModerationMetrics
 from livecomments.moderation.rules import Limits, Rules, RuleSet
-from livecomments.redis.client import Keys, open_redis
+from livecomments.redis.client import open_redis
+from livecomments.redis.keys import Keys
 from livecomments.redis.moderation import RedisModerationQueue, RedisModerationSource, RedisModerationStore
 from livecomments.store.moderation import GLOBAL
 

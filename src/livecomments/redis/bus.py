@@ -51,7 +51,8 @@ from livecomments.bus import BusEvent, Handler
 from livecomments.errors import Unavailable
 from livecomments.ids import lowest_id_at, snowflake_ms
 from livecomments.model import Comment, ModeChange, Reaction, Removal
-from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.client import REDIS_ERRORS, Redis
+from livecomments.redis.keys import Keys
 from livecomments.retry import Retry
 from livecomments.store.base import StoreUnavailable
 from policy.backoff import Backoff

@@ -34,7 +34,8 @@ from coredis import PureToken
 
 from livecomments.ids import snowflake_ms
 from livecomments.model import Comment, Removal
-from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.client import REDIS_ERRORS, Redis
+from livecomments.redis.keys import Keys
 from livecomments.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("livecomments.hotstore")

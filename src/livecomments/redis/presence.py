@@ -26,7 +26,8 @@ import trio
 
 from livecomments.model import ModeChange
 from livecomments.redis.bus import encode
-from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.client import REDIS_ERRORS, Redis
+from livecomments.redis.keys import Keys
 
 if TYPE_CHECKING:
     from rms.room import Room, Rooms

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from backpressure.rate import Rate
 from backpressure.ratelimit import Decision
 from livecomments.errors import Unavailable
-from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.client import REDIS_ERRORS, Redis
+from livecomments.redis.keys import Keys
 
 log = logging.getLogger("livecomments.ratelimit")
 
@@ -99,7 +100,7 @@ class RedisRateLimiter:
             args += [rule.count, rule.period * 1000.0]
         try:
             allowed, retry_ms = await self._script(
-                keys=[self.keys.limiter(f"{{{tag}}}:{key}") for key, _ in items], args=args
+                keys=[self.keys.limiter(tag, key) for key, _ in items], args=args
             )
         except REDIS_ERRORS as e:
             log.warning("rate limiter: Redis unavailable: %s", e)

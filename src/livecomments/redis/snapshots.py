@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from livecomments.redis.client import REDIS_ERRORS, Keys, Redis
+from livecomments.redis.client import REDIS_ERRORS, Redis
+from livecomments.redis.keys import Keys
 
 if TYPE_CHECKING:
     from rms.room import Room, Rooms
