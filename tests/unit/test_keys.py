@@ -50,12 +50,12 @@ def test_moderation_state_and_one_rate_limit_call_each_share_a_slot(prefix: str,
 @given(prefixes, prefixes, st.integers(1, 8), videos, videos)
 def test_no_two_keys_collide(p1: str, p2: str, shards: int, v1: str, v2: str) -> None:
     a, b = Keys(p1, shards), Keys(p2, shards)
-    names = video_keys(a, v1) + [a.bans(), a.video_settings(), a.moderation_version(), a.moderation_log("global")]
+    names = [*video_keys(a, v1), a.bans(), a.video_settings(), a.moderation_version(), a.moderation_log("global")]
     assert len(set(names)) == len(names)
     if v1 != v2:
         assert not set(video_keys(a, v1)[:8]) & set(video_keys(a, v2)[:8])
     if p1 != p2:
-        assert not set(names) & set(video_keys(b, v1) + [b.bans(), b.moderation_version()])
+        assert not set(names) & set([*video_keys(b, v1), b.bans(), b.moderation_version()])
 
 
 @given(prefixes, videos)
