@@ -9,7 +9,7 @@ Ordering. Comment ids are Snowflakes from several ingest processes, so Redis can
 deliver a lower id after a higher one within a video: a viewer who saw 1005 and resumes
 with ``Last-Event-ID: 1005`` would never get 1003. Two rules make that hold:
 
-- ingest side (``hotstore.APPEND``): Redis accepts a comment only if its id's time is
+- ingest side (``lua/append.lua``): Redis accepts a comment only if its id's time is
   within ``window_ms`` of Redis' own clock (otherwise 503, retry with a new id). So once
   Redis' clock passes ``t + window_ms``, no comment with a time below ``t`` can appear;
 - rms side (``policy.reorder.ReorderBuffer``): comments are held until the node's clock passes

@@ -41,6 +41,7 @@ from coredis import PureToken
 
 from livecomments.model import Comment
 from livecomments.moderation.pipeline import Automod, InProcessQueue, ModerationMetrics
+from livecomments.redis import scripts
 from livecomments.redis.client import REDIS_ERRORS, Redis
 from livecomments.redis.keys import Keys
 from livecomments.redis.streams import GroupConsumer, text
@@ -86,34 +87,12 @@ def _log_from(raw: Any) -> LogEntry | None:
         return None
 
 
-# KEYS: state hash, log zset, version. ARGV: op (set|del), field, value, log member, log max.
-# set: HSET field value; del: HDEL field (nothing is logged when there was nothing).
-# Returns 1 when something changed (always for set).
-WRITE = """
-local changed = 1
-if ARGV[1] == 'set' then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-else
-  changed = redis.call('HDEL', KEYS[1], ARGV[2])
-end
-if changed == 1 then
-  redis.call('ZADD', KEYS[2], 0, ARGV[4])
-  local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
-  if excess > 0 then
-    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
-  end
-  redis.call('INCR', KEYS[3])
-end
-return changed
-"""
-
-
 class RedisModerationStore:
     def __init__(self, redis: Redis, keys: Keys, *, log_max: int = 100_000) -> None:
         self.redis = redis
         self.keys = keys
         self.log_max = log_max
-        self._write = redis.register_script(WRITE)
+        self._write = scripts.register(redis, "moderation_write")
         self._seen_version: int | None = None
 
     async def _run(self, op: str, state_key: str, field: str, value: str, entry: LogEntry) -> bool:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from livecomments.model import ModeChange
+from livecomments.redis import scripts
 from livecomments.redis.bus import encode
 from livecomments.redis.client import REDIS_ERRORS, Redis
 from livecomments.redis.keys import Keys
@@ -33,60 +34,6 @@ if TYPE_CHECKING:
     from rms.room import Room, Rooms
 
 log = logging.getLogger("livecomments.presence")
-
-# KEYS[1]: the video's presence hash. ARGV: node, count, ttl ms, read only (1|0).
-# Returns the total of unexpired counts.
-REPORT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-if ARGV[4] == '0' then
-  if tonumber(ARGV[2]) > 0 then
-    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + ttl))
-  else
-    redis.call('HDEL', KEYS[1], ARGV[1])
-  end
-end
-local total = 0
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  local v = flat[i + 1]
-  local sep = string.find(v, ':', 1, true)
-  local expires = tonumber(string.sub(v, sep + 1))
-  if expires < now then
-    if ARGV[4] == '0' then
-      redis.call('HDEL', KEYS[1], flat[i])
-    end
-  else
-    total = total + tonumber(string.sub(v, 1, sep - 1))
-  end
-end
-if ARGV[4] == '0' and total > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl * 2)
-end
-return total
-"""
-
-# KEYS[1]: the video's mode ("mode:changed_ms"). ARGV: from, to, dwell ms, channel, payload.
-# Returns the mode in force after the proposal.
-PROPOSE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cur = redis.call('GET', KEYS[1])
-local mode, since = 'push', 0
-if cur then
-  local sep = string.find(cur, ':', 1, true)
-  mode = string.sub(cur, 1, sep - 1)
-  since = tonumber(string.sub(cur, sep + 1))
-end
-if mode ~= ARGV[1] or mode == ARGV[2] or now - since < tonumber(ARGV[3]) then
-  return mode
-end
-redis.call('SET', KEYS[1], ARGV[2] .. ':' .. now, 'EX', 86400)
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return ARGV[2]
-"""
-
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -114,8 +61,8 @@ class Presence:
         self.dwell_ms = int(min_dwell_s * 1000)
         self.totals: dict[str, int] = {}
         self._reported: set[str] = set()
-        self._report = redis.register_script(REPORT)
-        self._propose = redis.register_script(PROPOSE)
+        self._report = scripts.register(redis, "presence_report")
+        self._propose = scripts.register(redis, "mode_propose")
         self._gauge: Any = None
         if metrics is not None:
             from prometheus_client import Gauge

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from livecomments.redis import scripts
 from livecomments.redis.client import REDIS_ERRORS, Redis
 from livecomments.redis.keys import Keys
 
@@ -23,18 +24,6 @@ if TYPE_CHECKING:
     from rms.room import Room, Rooms
 
 log = logging.getLogger("livecomments.snapshots")
-
-# KEYS: lease, snapshot. ARGV: node, lease ms, etag, body. Returns 1 when written.
-WRITE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-redis.call('SET', KEYS[2], ARGV[3] .. '\\n' .. ARGV[4], 'PX', tonumber(ARGV[2]) * 2)
-return 1
-"""
-
 
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
@@ -49,7 +38,7 @@ class SnapshotPublisher:
         self.lease_ms = int(interval_s * 3000)
         self.metrics = metrics
         self.writes = 0
-        self._write = redis.register_script(WRITE)
+        self._write = scripts.register(redis, "snapshot_write")
 
     async def run(self, rooms: Rooms, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
