@@ -109,10 +109,6 @@ class ViewerFeed:
         self.reads = 0
         self.failures = 0
 
-    @property
-    def followed(self) -> list[str]:
-        return list(self._videos)
-
     async def wrote(self, video_ids: Iterable[str]) -> None:
         """Called before a batch is written: follow these videos; read the viewers of the
         ones not followed yet (bounded by ``prime_timeout_s``) before their first write."""

@@ -18,7 +18,6 @@ view, dwell not over) returns the mode in force, which the proposing room adopts
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -171,10 +170,3 @@ class Presence:
                 room.set_mode(now_mode)  # type: ignore[arg-type]
 
         return decide
-
-
-def node_name() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
