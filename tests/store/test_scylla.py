@@ -111,6 +111,62 @@ def test_small_parsers() -> None:
         ScyllaStore(["h"], "bad-name")
 
 
+class _Rows(list[tuple[Any, ...]]):
+    def one(self) -> tuple[Any, ...] | None:
+        return self[0] if self else None
+
+
+class _RecordingCluster:
+    """Stands in for the driver's Cluster in ``migrate``: records every statement."""
+
+    def __init__(self, ttl_s: int) -> None:
+        self.statements: list[str] = []
+        self.ttl_s = ttl_s
+
+    def connect(self) -> _RecordingCluster:
+        return self
+
+    def set_keyspace(self, keyspace: str) -> None:
+        self.statements.append(f"USE {keyspace}")
+
+    def execute(self, statement: str, params: Any = None) -> _Rows:
+        self.statements.append(statement)
+        return _Rows([(self.ttl_s,)]) if "default_time_to_live FROM system_schema" in statement else _Rows()
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "factor"),
+    [({}, [], 1), ({"LIVECOMMENTS_SCYLLA_REPLICATION": "3"}, [], 3), ({}, ["--scylla-replication", "5"], 5)],
+)
+def test_db_migrate_creates_the_keyspace_with_the_configured_replication(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], flags: list[str], factor: int
+) -> None:
+    from livecomments import cli
+    from livecomments.store import scylla
+
+    fake = _RecordingCluster(ttl_s=3600)
+    monkeypatch.setattr(scylla, "_make_cluster", lambda *a, **kw: fake)
+    monkeypatch.delenv("LIVECOMMENTS_SCYLLA_REPLICATION", raising=False)
+    for name, value in {"LIVECOMMENTS_SCYLLA_KEYSPACE": "lc_rf", "LIVECOMMENTS_COMMENT_TTL_S": "3600", **env}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["db", "migrate", *flags]) == 0
+    [create] = [s for s in fake.statements if s.startswith("CREATE KEYSPACE")]
+    assert create == (
+        "CREATE KEYSPACE IF NOT EXISTS lc_rf WITH replication = "
+        f"{{'class': 'SimpleStrategy', 'replication_factor': {factor}}} AND durable_writes = true"
+    )
+
+
+def test_db_migrate_refuses_a_replication_factor_below_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from livecomments import cli
+
+    monkeypatch.setenv("LIVECOMMENTS_SCYLLA_REPLICATION", "0")
+    assert cli.main(["db", "migrate"]) == 2
+
+
 # -- against the CQL server ------------------------------------------------------------------
 
 

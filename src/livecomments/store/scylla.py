@@ -744,10 +744,14 @@ def replication_for(replication: Mapping[str, int] | int | None) -> str:
     if replication is None:
         replication = 1
     if isinstance(replication, int):
+        if replication < 1:
+            raise ValueError(f"replication factor {replication} must be at least 1")
         return f"{{'class': 'SimpleStrategy', 'replication_factor': {int(replication)}}}"
-    for dc in replication:
+    for dc, rf in replication.items():
         if set(dc) - _KEYSPACE_RE_CHARS - set("-."):
             raise ValueError(f"bad datacenter name {dc!r}")
+        if int(rf) < 0:
+            raise ValueError(f"replication factor {rf} of {dc!r} must not be negative")
     dcs = ", ".join(f"'{dc}': {int(rf)}" for dc, rf in replication.items())
     return f"{{'class': 'NetworkTopologyStrategy', {dcs}}}"
 
@@ -770,9 +774,10 @@ async def migrate(
     if ttl_s < 0:
         raise ValueError("ttl_s must be >= 0")
     contact = parse_hosts(hosts)
+    clause = replication_for(replication)
     files = schema_files()
     return await trio.to_thread.run_sync(
-        lambda: _migrate_sync(contact, keyspace, ttl_s, replication_for(replication), files, connect_timeout_s)
+        lambda: _migrate_sync(contact, keyspace, ttl_s, clause, files, connect_timeout_s)
     )
 
 
