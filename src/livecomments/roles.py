@@ -24,7 +24,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -37,6 +37,10 @@ from livecomments.redis.keys import Keys
 from livecomments.retry import Retry
 from livecomments.store.base import Store, StoreUnavailable
 from policy.backoff import Backoff
+
+if TYPE_CHECKING:
+    from livecomments.auth import TokenIssuer
+    from livecomments.metrics import Metrics
 
 log = logging.getLogger("livecomments.roles")
 
@@ -172,8 +176,8 @@ class Common:
     redis: Redis
     keys: Keys
     cold: Store
-    issuer: Any
-    metrics: Any
+    issuer: TokenIssuer
+    metrics: Metrics
     lsock: socket.socket
 
 

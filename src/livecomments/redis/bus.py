@@ -43,7 +43,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -57,6 +57,9 @@ from livecomments.retry import Retry
 from livecomments.store.base import StoreUnavailable
 from policy.backoff import Backoff
 from policy.reorder import Channel, ReorderBuffer
+
+if TYPE_CHECKING:
+    from livecomments.metrics import Metrics
 
 log = logging.getLogger("livecomments.bus")
 
@@ -124,7 +127,7 @@ class RedisBus:
         removed_since: RemovedSince | None = None,
         backfill_max: int = 10_000,
         on_gap: GapHook | None = None,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.redis = redis
@@ -272,7 +275,7 @@ class RedisBus:
                 self._down_since_ms = None
             while True:
                 msg = await ps.get_message()
-                if msg is not None and msg["type"] == "message":
+                if msg is not None and msg["type"] == "message" and isinstance(msg["data"], (bytes, str)):
                     self._dispatch(msg["channel"], msg["data"])
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
@@ -373,7 +376,7 @@ class RedisBus:
 class _BusMetrics:
     """Gauges read at scrape time (nothing on the hot path)."""
 
-    def __init__(self, metrics: Any, bus: RedisBus) -> None:
+    def __init__(self, metrics: Metrics, bus: RedisBus) -> None:
         from prometheus_client import Gauge
 
         reg = metrics.registry

@@ -25,7 +25,7 @@ import coredis.exceptions
 # busy loading its data after a restart. Scripts and commands raise one of these.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (coredis.exceptions.RedisError, OSError, TimeoutError)
 
-Redis = Any  # coredis.Redis | coredis.RedisCluster (their common surface is what we use)
+Redis = coredis.Redis[Any] | coredis.RedisCluster[Any]
 
 
 def _split_hosts(netloc: str) -> list[tuple[str, int]]:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
+from prometheus_client import Gauge
 
 from livecomments.model import ModeChange
 from livecomments.redis import scripts
@@ -30,6 +31,7 @@ from livecomments.redis.client import REDIS_ERRORS, Redis
 from livecomments.redis.keys import Keys
 
 if TYPE_CHECKING:
+    from livecomments.metrics import Metrics
     from rms.room import Room, Rooms
 
 log = logging.getLogger("livecomments.presence")
@@ -50,7 +52,7 @@ class Presence:
         ttl_s: float = 5.0,
         interval_s: float = 1.0,
         min_dwell_s: float = 10.0,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -62,10 +64,8 @@ class Presence:
         self._reported: set[str] = set()
         self._report = scripts.register(redis, "presence_report")
         self._propose = scripts.register(redis, "mode_propose")
-        self._gauge: Any = None
+        self._gauge: Gauge | None = None
         if metrics is not None:
-            from prometheus_client import Gauge
-
             self._gauge = Gauge(
                 "livecomments_video_viewers",
                 "Viewers of a video summed over every rms node (videos with a room on this node)",

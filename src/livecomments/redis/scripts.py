@@ -9,8 +9,11 @@ Redis forgot it after a restart).
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
+
+from coredis.commands import Script
 
 from livecomments.redis.client import Redis
 
@@ -32,5 +35,11 @@ def source(name: str) -> str:
     return (resources.files("livecomments.redis") / "lua" / f"{name}.lua").read_text("utf-8")
 
 
-def register(redis: Redis, name: str) -> Any:
-    return redis.register_script(source(name))
+# A registered script: ``await script(keys=[...], args=[...])``; the answer is the script's
+# own (each file says what it returns).
+ScriptCall = Callable[..., Awaitable[Any]]
+
+
+def register(redis: Redis, name: str) -> ScriptCall:
+    script: Script[Any] = redis.register_script(source(name))
+    return script

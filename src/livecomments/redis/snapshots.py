@@ -30,13 +30,12 @@ def _bytes(value: Any) -> bytes:
 
 
 class SnapshotPublisher:
-    def __init__(self, redis: Redis, keys: Keys, node_id: str, *, interval_s: float = 1.0, metrics: Any = None) -> None:
+    def __init__(self, redis: Redis, keys: Keys, node_id: str, *, interval_s: float = 1.0) -> None:
         self.redis = redis
         self.keys = keys
         self.node_id = node_id
         self.interval_s = interval_s
         self.lease_ms = int(interval_s * 3000)
-        self.metrics = metrics
         self.writes = 0
         self._write = scripts.register(redis, "snapshot_write")
 
