@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
@@ -71,7 +72,11 @@ def _db(args: argparse.Namespace) -> int:
         return 2
     settings = config.load(args)
     hosts = [h.strip() for h in settings.scylla_hosts.split(",") if h.strip()]
-    report = trio.run(migrate, hosts, settings.scylla_keyspace, settings.comment_ttl_s)
+    report = trio.run(
+        functools.partial(
+            migrate, hosts, settings.scylla_keyspace, settings.comment_ttl_s, replication=settings.scylla_replication
+        )
+    )
     print(f"livecomments db migrate: keyspace {settings.scylla_keyspace} on {settings.scylla_hosts}: {report}")
     return 0
 
@@ -129,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema")
     dsub = db.add_subparsers(dest="db_command", required=True)
     mig = dsub.add_parser("migrate", help="apply the CQL schema to LIVECOMMENTS_SCYLLA_HOSTS")
-    config.add_flags(mig, only=("scylla_hosts", "scylla_keyspace", "comment_ttl_s"))
+    config.add_flags(mig, only=("scylla_hosts", "scylla_keyspace", "scylla_replication", "comment_ttl_s"))
     mig.set_defaults(func=_db)
 
     sub.add_parser("bench", help="run a benchmark scenario (see livecomments bench --help)", add_help=False)

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis, open_redis
+from adapters.redis.client import REDIS_ERRORS, Redis, open_redis
+from adapters.redis.keys import Keys
 from domain.identity import TokenIssuer
 from domain.metrics import Metrics
 from domain.ports import Store, StoreUnavailable

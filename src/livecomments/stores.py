@@ -10,14 +10,21 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from adapters.retry import Retry
 from domain.model import Comment
 from domain.ports import Store, StoreUnavailable
 from domain.settings import Settings
+from policy.backoff import Backoff
+from policy.shards import ShardingThresholds
 
 if TYPE_CHECKING:
     from adapters.scylla.store import ScyllaStore
 
 log = logging.getLogger("livecomments.stores")
+
+# Connecting to a CQL cluster that is not up yet: 0.5 s doubling up to 10 s. Not jittered:
+# a handful of processes each try once per delay, too few to need spreading out.
+CQL_CONNECT = Backoff(initial_s=0.5, max_s=10.0, jitter=0.0)
 
 
 class LazyStore:
@@ -77,7 +84,7 @@ def scylla_store(settings: Settings) -> ScyllaStore:
     """A CQL store as configured (not connected). Every process must use the configured
     bucket size, which decides where an id lives; the thresholds drive the sharding
     switch of the process that writes (``serve``, or ``persist`` in a cluster)."""
-    from adapters.scylla.store import ScyllaStore, ShardingThresholds
+    from adapters.scylla.store import ScyllaStore
 
     hot_v, hot_n = settings.shard_hot_comments_per_s, settings.shard_hot_viewers
     return ScyllaStore(
@@ -113,15 +120,15 @@ async def open_store(settings: Settings, *, wait_for_cql: bool = True) -> AsyncI
     lazy = LazyStore("CQL")
 
     async def connect() -> None:
-        delay = 0.5
+        retry = Retry(CQL_CONNECT)
         while True:
             store = scylla_store(settings)
             try:
                 await store.connect()
             except Exception as e:  # the driver raises several kinds; all mean "not yet"
+                delay = retry.next_delay()
                 log.warning("CQL store at %s not reachable (%s); retrying in %.1f s", settings.scylla_hosts, e, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await retry.sleep(delay)
                 continue
             lazy.inner = store
             log.info("CQL store connected: %s/%s", settings.scylla_hosts, settings.scylla_keyspace)

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from adapters.redis.client import Keys, open_redis
+from adapters.redis.client import open_redis
+from adapters.redis.keys import Keys
 
 _ids = itertools.count()
 

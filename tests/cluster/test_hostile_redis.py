@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from adapters.memory import InProcessBus
-from adapters.redis.client import Keys
 from adapters.redis.hotstore import ClusterStore, HotStore
+from adapters.redis.keys import Keys
 from adapters.redis.ratelimit import RedisRateLimiter
 from adapters.sqlite.store import SqliteStore
 from domain.errors import RateLimited

@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from adapters.redis.bus import RedisBus, encode
-from adapters.redis.client import Keys, open_redis
+from adapters.redis.client import open_redis
 from adapters.redis.hotstore import ClusterStore, HotStore, LateComment
+from adapters.redis.keys import Keys
 from adapters.redis.persist import PersistWorker
 from adapters.redis.presence import Presence
 from adapters.redis.ratelimit import RedisRateLimiter

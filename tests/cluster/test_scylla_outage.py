@@ -30,8 +30,8 @@ import httpx
 import pytest
 import trio
 
-from adapters.redis.client import Keys
 from adapters.redis.hotstore import HotStore
+from adapters.redis.keys import Keys
 from adapters.redis.presence import Presence
 from adapters.scylla.store import ScyllaStore, _make_cluster, consistency_level, parse_hosts, shard_for
 from domain.ids import SnowflakeGenerator

@@ -16,7 +16,8 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
-from adapters.redis.client import Keys, open_redis
+from adapters.redis.client import open_redis
+from adapters.redis.keys import Keys
 from adapters.redis.moderation import RedisModerationQueue, RedisModerationSource, RedisModerationStore
 from domain.errors import Forbidden
 from domain.identity import Identity

@@ -1,5 +1,6 @@
-"""What only the CQL store has: the sharding switch, scatter-gather reads, migrations,
-TTLs, the Trio bridge, and an outage (the server killed with SIGKILL while posting)."""
+"""What only the CQL store has: sharded writes, scatter-gather reads, migrations, TTLs,
+the Trio bridge, and an outage (the server killed with SIGKILL while posting). The
+sharding switch itself (``policy.shards``) is tested in tests/unit/test_shards.py."""
 
 from __future__ import annotations
 
@@ -11,13 +12,9 @@ from typing import Any
 import pytest
 import trio
 import trio.lowlevel
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from adapters.scylla.store import (
-    HotVideos,
     ScyllaStore,
-    ShardingThresholds,
     _gather,
     _make_cluster,
     _PartitionIndex,
@@ -31,95 +28,10 @@ from adapters.scylla.store import (
 from domain.ids import SnowflakeGenerator
 from domain.model import Author, Comment
 from domain.ports import StoreUnavailable
+from policy.shards import ShardingThresholds
 from tests.store.conftest import TEST_BUCKET_S, Comments, CqlTarget, drop_keyspace
 
-# -- the sharding switch (pure) ------------------------------------------------------------
-
-T = ShardingThresholds(hot_velocity=100, cool_velocity=50, hot_viewers=1000, cool_viewers=800, min_hot_s=10)
-
-
-def test_velocity_turns_a_video_hot_within_the_window() -> None:
-    hot = HotVideos(T)
-    # 99 comments in the first second: not hot; the 100th crosses the line at once.
-    assert not any(hot.observe_comment("v", 0.001 * i) for i in range(99))
-    assert hot.observe_comment("v", 0.2)
-    assert not hot.is_hot("other", 0.2)
-
-
-def test_viewers_turn_a_video_hot_and_hysteresis_holds_it() -> None:
-    hot = HotVideos(T)
-    assert not hot.observe_viewers("v", 999, 0.0)
-    assert hot.observe_viewers("v", 1000, 1.0)
-    # Below the hot line but above the cool line: stays hot, however long.
-    assert hot.observe_viewers("v", 900, 100.0)
-    # Below the cool line: back to one partition (it has been hot for more than min_hot_s).
-    assert not hot.observe_viewers("v", 700, 101.0)
-
-
-def test_min_hot_time_prevents_flapping() -> None:
-    hot = HotVideos(T)
-    assert hot.observe_viewers("v", 5000, 0.0)
-    assert hot.observe_viewers("v", 0, 5.0)  # quiet at once: still hot (min_hot_s = 10)
-    assert hot.is_hot("v", 9.9)
-    assert not hot.is_hot("v", 10.0)
-
-
-def test_velocity_must_fall_below_the_cool_line() -> None:
-    hot = HotVideos(T)
-    t = 0.0
-    for _ in range(100):  # 100/s
-        hot.observe_comment("v", t)
-        t += 0.01
-    assert hot.is_hot("v", t)
-    # 60/s for a minute: under the hot line, over the cool line: stays hot.
-    for _ in range(3600):
-        assert hot.observe_comment("v", t)
-        t += 1 / 60
-    # 20/s: cools down at the next window.
-    states = []
-    for _ in range(60):
-        states.append(hot.observe_comment("v", t))
-        t += 1 / 20
-    assert states[0] and not states[-1]
-
-
-def test_sweep_forgets_idle_cold_videos_only() -> None:
-    hot = HotVideos(T)
-    hot.observe_comment("quiet", 0.0)
-    hot.observe_viewers("big", 10_000, 0.0)
-    assert hot.sweep(1000.0, idle_s=600) == 1
-    assert len(hot) == 1 and hot.is_hot("big", 1000.0) is False  # dwell passed, viewers stale: cools
-    assert hot.sweep(2000.0, idle_s=600) == 1
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.floats(0.0, 5.0), st.booleans(), st.integers(0, 2000)),
-        min_size=1,
-        max_size=200,
-    )
-)
-def test_a_hot_video_stays_hot_for_min_hot_s(events: list[tuple[float, bool, int]]) -> None:
-    """Property: every switch to hot lasts at least ``min_hot_s``; never hot without cause."""
-    hot = HotVideos(T)
-    now = 0.0
-    went_hot_at: float | None = None
-    ever_over = False
-    for gap, is_comment, viewers in events:
-        now += gap
-        if is_comment:
-            state = hot.observe_comment("v", now)
-        else:
-            ever_over |= viewers >= T.hot_viewers
-            state = hot.observe_viewers("v", viewers, now)
-        ever_over |= hot.velocity("v") >= T.hot_velocity
-        if state and went_hot_at is None:
-            went_hot_at = now
-            assert ever_over
-        elif not state and went_hot_at is not None:
-            assert now - went_hot_at >= T.min_hot_s
-            went_hot_at = None
+# -- pure helpers ----------------------------------------------------------------------------
 
 
 def test_shard_for_spreads_snowflakes_evenly() -> None:
@@ -197,6 +109,62 @@ def test_small_parsers() -> None:
     assert split_statements("-- c\nCREATE a (x int);\n\n-- d\nCREATE b;\n") == ["CREATE a (x int)", "CREATE b"]
     with pytest.raises(ValueError):
         ScyllaStore(["h"], "bad-name")
+
+
+class _Rows(list[tuple[Any, ...]]):
+    def one(self) -> tuple[Any, ...] | None:
+        return self[0] if self else None
+
+
+class _RecordingCluster:
+    """Stands in for the driver's Cluster in ``migrate``: records every statement."""
+
+    def __init__(self, ttl_s: int) -> None:
+        self.statements: list[str] = []
+        self.ttl_s = ttl_s
+
+    def connect(self) -> _RecordingCluster:
+        return self
+
+    def set_keyspace(self, keyspace: str) -> None:
+        self.statements.append(f"USE {keyspace}")
+
+    def execute(self, statement: str, params: Any = None) -> _Rows:
+        self.statements.append(statement)
+        return _Rows([(self.ttl_s,)]) if "default_time_to_live FROM system_schema" in statement else _Rows()
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "factor"),
+    [({}, [], 1), ({"LIVECOMMENTS_SCYLLA_REPLICATION": "3"}, [], 3), ({}, ["--scylla-replication", "5"], 5)],
+)
+def test_db_migrate_creates_the_keyspace_with_the_configured_replication(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], flags: list[str], factor: int
+) -> None:
+    from domain.ports import scylla
+    from livecomments import cli
+
+    fake = _RecordingCluster(ttl_s=3600)
+    monkeypatch.setattr(scylla, "_make_cluster", lambda *a, **kw: fake)
+    monkeypatch.delenv("LIVECOMMENTS_SCYLLA_REPLICATION", raising=False)
+    for name, value in {"LIVECOMMENTS_SCYLLA_KEYSPACE": "lc_rf", "LIVECOMMENTS_COMMENT_TTL_S": "3600", **env}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["db", "migrate", *flags]) == 0
+    [create] = [s for s in fake.statements if s.startswith("CREATE KEYSPACE")]
+    assert create == (
+        "CREATE KEYSPACE IF NOT EXISTS lc_rf WITH replication = "
+        f"{{'class': 'SimpleStrategy', 'replication_factor': {factor}}} AND durable_writes = true"
+    )
+
+
+def test_db_migrate_refuses_a_replication_factor_below_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from livecomments import cli
+
+    monkeypatch.setenv("LIVECOMMENTS_SCYLLA_REPLICATION", "0")
+    assert cli.main(["db", "migrate"]) == 2
 
 
 # -- against the CQL server ------------------------------------------------------------------

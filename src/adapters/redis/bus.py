@@ -9,10 +9,10 @@ Ordering. Comment ids are Snowflakes from several ingest processes, so Redis can
 deliver a lower id after a higher one within a video: a viewer who saw 1005 and resumes
 with ``Last-Event-ID: 1005`` would never get 1003. Two rules make that hold:
 
-- ingest side (``hotstore.APPEND``): Redis accepts a comment only if its id's time is
+- ingest side (``lua/append.lua``): Redis accepts a comment only if its id's time is
   within ``window_ms`` of Redis' own clock (otherwise 503, retry with a new id). So once
   Redis' clock passes ``t + window_ms``, no comment with a time below ``t`` can appear;
-- rms side (``ReorderBuffer`` here): comments are held until the node's clock passes
+- rms side (``policy.reorder.ReorderBuffer``): comments are held until the node's clock passes
   their id's time + ``hold_ms`` (``window_ms`` plus a margin for pub/sub delay and clock
   skew between the hosts), then released to the rooms in id order.
 
@@ -38,32 +38,36 @@ hold across the outage.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.keys import Keys
+from adapters.retry import Retry
 from domain.errors import Unavailable
 from domain.ids import lowest_id_at, snowflake_ms
 from domain.model import BusGap, Comment, ModeChange, Reaction, Removal
 from domain.ports import BusEvent, Handler, StoreUnavailable
+from policy.backoff import Backoff
+from policy.reorder import Channel, ReorderBuffer
+
+if TYPE_CHECKING:
+    from domain.metrics import Metrics
 
 log = logging.getLogger("adapters.memory")
 
-SEEN_KEPT = 4096  # ids released per video remembered for de-duplication
 SUBSCRIBE_CHUNK = 256
 SUBSCRIBE_TIMEOUT_S = 3.0
 JOIN_SLACK_MS = 1000
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, trio.TooSlowError)
 READ_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, StoreUnavailable)
+RECONNECT = Backoff(initial_s=0.1, max_s=2.0)  # the subscriber connection's jittered back-off
 
 
 def encode(event: BusEvent) -> str:
@@ -98,78 +102,6 @@ def decode(data: bytes | str) -> BusEvent | None:
     return None
 
 
-@attrs.define
-class _Channel:
-    """A video this node listens to. Comments with ids up to ``cursor`` reach its rooms
-    from the store (their seed); everything after it comes through the buffer."""
-
-    video_id: str
-    cursor: int
-    handlers: list[Handler] = attrs.field(factory=list)
-    held: dict[int, Comment] = attrs.field(factory=dict)  # id -> comment, waiting for release
-    seen: set[int] = attrs.field(factory=set)
-    seen_order: deque[int] = attrs.field(factory=deque)
-    last_released: int | None = None
-
-    def read_from(self) -> int:
-        """Rooms read the store up to here; the buffer brings what comes after."""
-        return self.cursor if self.last_released is None else max(self.cursor, self.last_released)
-
-    def remember(self, comment_id: int) -> None:
-        self.seen.add(comment_id)
-        self.seen_order.append(comment_id)
-        if len(self.seen_order) > SEEN_KEPT:
-            self.seen.discard(self.seen_order.popleft())
-
-
-class ReorderBuffer:
-    """Per-video hold-and-release in id order (sans-IO: the caller passes the time)."""
-
-    def __init__(self, hold_ms: int) -> None:
-        self.hold_ms = hold_ms
-        self.channels: dict[str, _Channel] = {}
-        self._heap: list[tuple[int, int, str]] = []  # (release at ms, id, video)
-        self.late = 0
-
-    def add(self, video_id: str, comment: Comment) -> bool:
-        """Hold a comment; False if it is a duplicate or nobody listens to the video."""
-        ch = self.channels.get(video_id)
-        if ch is None or comment.id in ch.held or comment.id in ch.seen:
-            return False
-        ch.held[comment.id] = comment
-        heapq.heappush(self._heap, (snowflake_ms(comment.id) + self.hold_ms, comment.id, video_id))
-        return True
-
-    def drop(self, video_id: str, comment_id: int) -> None:
-        """A removal: a comment still held is never released."""
-        ch = self.channels.get(video_id)
-        if ch is not None and ch.held.pop(comment_id, None) is not None:
-            ch.remember(comment_id)
-
-    def next_release_ms(self) -> int | None:
-        return self._heap[0][0] if self._heap else None
-
-    def due(self, now_ms: int) -> list[tuple[_Channel, Comment]]:
-        """Comments whose hold is over, in (time, id) order: per video, id order."""
-        out = []
-        heap = self._heap
-        while heap and heap[0][0] <= now_ms:
-            _, cid, video_id = heapq.heappop(heap)
-            ch = self.channels.get(video_id)
-            if ch is None:
-                continue
-            comment = ch.held.pop(cid, None)
-            if comment is None:
-                continue
-            if ch.last_released is not None and cid < ch.last_released:
-                self.late += 1
-            else:
-                ch.last_released = cid
-            ch.remember(cid)
-            out.append((ch, comment))
-        return out
-
-
 Backfill = Callable[[str, int, int], Awaitable[list[Comment]]]
 RemovedSince = Callable[[str, int], Awaitable[list[Removal]]]
 
@@ -193,12 +125,13 @@ class RedisBus:
         recent: Backfill | None = None,
         removed_since: RemovedSince | None = None,
         backfill_max: int = 10_000,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.redis = redis
         self.keys = keys
-        self.buffer = ReorderBuffer(hold_ms)
+        self.buffer: ReorderBuffer[Comment] = ReorderBuffer(hold_ms)
+        self._handlers: dict[str, list[Handler]] = {}  # per open channel of the buffer
         self.recent = recent
         self.removed_since = removed_since
         self.backfill_max = backfill_max
@@ -210,7 +143,7 @@ class RedisBus:
         self._conn_scope: trio.CancelScope | None = None
         self._forced = False
         self._down_since_ms: int | None = None  # set while the subscriber is disconnected
-        self._delay = 0.1
+        self._retry = Retry(RECONNECT)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._up = trio.Event()
@@ -225,12 +158,13 @@ class RedisBus:
             raise Unavailable(f"the bus is unavailable: {e}") from None
 
     async def subscribe(self, video_id: str, handler: Handler) -> None:
-        ch = self.buffer.channels.get(video_id)
-        if ch is not None:
-            ch.handlers.append(handler)
+        handlers = self._handlers.get(video_id)
+        if handlers is not None:
+            handlers.append(handler)
             return
         cursor = lowest_id_at(self.wall_ms() - self.buffer.hold_ms - JOIN_SLACK_MS)
-        ch = self.buffer.channels[video_id] = _Channel(video_id, cursor, [handler])
+        ch = self.buffer.open(video_id, cursor)
+        self._handlers[video_id] = [handler]
         ps = self._ps
         if ps is None:
             return  # not connected: the reconnect subscribes and backfills it
@@ -244,16 +178,17 @@ class RedisBus:
             self._restart_connection()
             return
         # What was accepted after the channel's cursor before we listened: through the buffer.
-        await self._feed(ch, ch.cursor)
+        await self._feed(video_id, ch, ch.cursor)
 
     async def unsubscribe(self, video_id: str, handler: Handler) -> None:
-        ch = self.buffer.channels.get(video_id)
-        if ch is None or handler not in ch.handlers:
+        handlers = self._handlers.get(video_id)
+        if handlers is None or handler not in handlers:
             return
-        ch.handlers.remove(handler)
-        if ch.handlers:
+        handlers.remove(handler)
+        if handlers:
             return
-        del self.buffer.channels[video_id]
+        del self._handlers[video_id]
+        self.buffer.close(video_id)
         ps = self._ps
         if ps is not None:
             try:
@@ -311,8 +246,7 @@ class RedisBus:
                 self._conn_scope = None
                 self.connected = False
                 self._up = trio.Event() if self._up.is_set() else self._up
-            await trio.sleep(self._delay * (0.5 + random.random()))
-            self._delay = min(self._delay * 2, 2.0)
+            await self._retry.sleep()
 
     async def _listen(self) -> None:
         """One subscriber connection: subscribe every channel, backfill if this is a
@@ -326,7 +260,7 @@ class RedisBus:
                     await ps.subscribe(*chunk)
             self.connected = True
             self._up.set()
-            self._delay = 0.1
+            self._retry.reset()
             if self._down_since_ms is not None:
                 self.reconnects += 1
                 log.info("bus: reconnected to Redis, resubscribed %d channel(s); backfilling", len(videos))
@@ -335,7 +269,7 @@ class RedisBus:
                 self._down_since_ms = None
             while True:
                 msg = await ps.get_message()
-                if msg is not None and msg["type"] == "message":
+                if msg is not None and msg["type"] == "message" and isinstance(msg["data"], (bytes, str)):
                     self._dispatch(msg["channel"], msg["data"])
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
@@ -346,16 +280,16 @@ class RedisBus:
         event = decode(data)
         if event is None:
             return
-        ch = self.buffer.channels.get(video_id)
-        if ch is None:
+        handlers = self._handlers.get(video_id)
+        if handlers is None:
             return
         if isinstance(event, Comment):
-            if self.buffer.add(video_id, event):
+            if self.buffer.add(video_id, event.id, snowflake_ms(event.id), event):
                 self._wake.set()
             return
         if isinstance(event, Removal):
             self.buffer.drop(video_id, event.comment_id)
-        for handler in list(ch.handlers):
+        for handler in list(handlers):
             handler(event)
 
     async def _release_loop(self) -> None:
@@ -370,15 +304,15 @@ class RedisBus:
                         await self._wake.wait()
             self._wake = trio.Event()
             late_before = self.buffer.late
-            for ch, comment in self.buffer.due(self.wall_ms()):
-                for handler in list(ch.handlers):
+            for video_id, comment in self.buffer.due(self.wall_ms()):
+                for handler in list(self._handlers.get(video_id, ())):
                     handler(comment)
             if self.buffer.late != late_before:
                 log.warning("bus: %d comment(s) arrived after a higher id was released", self.buffer.late - late_before)
 
     # -- joining and backfill ---------------------------------------------------------------
 
-    async def _feed(self, ch: _Channel, after_id: int) -> int:
+    async def _feed(self, video_id: str, ch: Channel[Comment], after_id: int) -> int:
         """Put the hot store's comments after ``after_id`` into the buffer; returns how
         many it did not have yet. Beyond ``backfill_max`` only the newest are kept (and the rooms
         are told about the gap)."""
@@ -390,25 +324,25 @@ class RedisBus:
         cursor = after_id
         try:
             while True:
-                got = await self.recent(ch.video_id, cursor, page)
+                got = await self.recent(video_id, cursor, page)
                 kept.extend(got)
                 total += len(got)
                 if len(got) < page:
                     break
                 cursor = got[-1].id
         except READ_ERRORS as e:
-            log.warning("bus: could not read recent comments of %s: %s", ch.video_id, e)
+            log.warning("bus: could not read recent comments of %s: %s", video_id, e)
             return 0
-        if self.buffer.channels.get(ch.video_id) is not ch:
+        if self.buffer.channels.get(video_id) is not ch:
             return 0  # the room left meanwhile
         if total > len(kept) and kept:
-            log.warning("bus: %s: %d comment(s) too many to backfill live; skipped", ch.video_id, total - len(kept))
-            gap = BusGap(ch.video_id, kept[0].id, total - len(kept))
-            for handler in list(ch.handlers):
+            log.warning("bus: %s: %d comment(s) too many to backfill live; skipped", video_id, total - len(kept))
+            gap = BusGap(video_id, kept[0].id, total - len(kept))
+            for handler in list(self._handlers.get(video_id, ())):
                 handler(gap)
         added = 0
         for c in kept:
-            added += self.buffer.add(ch.video_id, c)
+            added += self.buffer.add(video_id, c.id, snowflake_ms(c.id), c)
         if added:
             self._wake.set()
         return added
@@ -418,7 +352,7 @@ class RedisBus:
             ch = self.buffer.channels.get(video_id)
             if ch is None:
                 continue
-            n = await self._feed(ch, ch.read_from())
+            n = await self._feed(video_id, ch, ch.read_from())
             self.backfilled += n
             removed: list[Removal] = []
             if self.removed_since is not None:
@@ -428,7 +362,7 @@ class RedisBus:
                     log.warning("bus: could not read removals of %s: %s", video_id, e)
             for removal in removed:
                 self.buffer.drop(video_id, removal.comment_id)
-                for handler in list(ch.handlers):
+                for handler in list(self._handlers.get(video_id, ())):
                     handler(removal)
             if n or removed:
                 log.info("bus: backfilled %s: %d comment(s), %d removal(s)", video_id, n, len(removed))
@@ -437,7 +371,7 @@ class RedisBus:
 class _BusMetrics:
     """Gauges read at scrape time (nothing on the hot path)."""
 
-    def __init__(self, metrics: Any, bus: RedisBus) -> None:
+    def __init__(self, metrics: Metrics, bus: RedisBus) -> None:
         from prometheus_client import Gauge
 
         reg = metrics.registry
@@ -454,7 +388,7 @@ class _BusMetrics:
             lambda: float(len(bus.buffer.channels))
         )
         Gauge("livecomments_bus_held_comments", "Comments held for in-order release", registry=reg).set_function(
-            lambda: float(len(bus.buffer._heap))
+            lambda: float(bus.buffer.held)
         )
         Gauge(
             "livecomments_bus_late_comments", "Comments that arrived after a higher id was released", registry=reg

@@ -1,6 +1,6 @@
 """The Redis hot store, and the cluster's ``Store``: recent reads from Redis, history from cold.
 
-Per video (keys in ``client.Keys``):
+Per video (key names in ``keys.Keys``):
 
 - ``recent``: a sorted set of the newest ``hot_size`` comments. Every score is 0 and each
   member is the comment id as 19 zero-padded digits, ``:``, then the comment's record as
@@ -16,11 +16,11 @@ Per video (keys in ``client.Keys``):
 - stream ``{n}:stream``: every accepted comment and every removal, in order, for the
   ``persist`` worker to write to the cold store (Scylla, or SQLite in a local cluster).
 
-``append`` is one Lua script: it checks the id's time against Redis' clock (the reorder
-window, see ``bus``), adds to ``recent`` and trims it, appends to the stream, counts the
-rate and publishes the comment on the video's channel, atomically. So a comment is on
-the bus exactly when it is readable from the hot store, and in the order Redis accepted
-it.
+``append`` is one Lua script (``lua/append.lua``, its arguments built by ``AppendCall``):
+it checks the id's time against Redis' clock (the reorder window, see ``bus``), adds to
+``recent`` and trims it, appends to the stream, counts the rate and publishes the
+comment on the video's channel, atomically. So a comment is on the bus exactly when it
+is readable from the hot store, and in the order Redis accepted it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+import attrs
 from coredis import PureToken
 
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis import scripts
+from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.keys import Keys
 from domain.ids import snowflake_ms
 from domain.model import Comment, Removal
 from domain.ports import Store, StoreUnavailable
@@ -46,10 +49,6 @@ def pad(comment_id: int) -> str:
     return f"{comment_id:0{PAD}d}"
 
 
-def member(comment: Comment) -> str:
-    return pad(comment.id) + ":" + record_json(comment)
-
-
 def record_json(comment: Comment) -> str:
     return json.dumps(comment.to_record(), ensure_ascii=False, separators=(",", ":"))
 
@@ -59,85 +58,53 @@ def from_member(m: bytes | str) -> Comment:
     return Comment.from_record(json.loads(text[PAD + 1 :]))
 
 
-def comment_payload(comment: Comment) -> str:
-    """What the bus carries for a comment (``bus.decode`` reads it)."""
-    return '{"t":"c","c":' + record_json(comment) + "}"
 
 
 class LateComment(StoreUnavailable):
     """Redis refused the comment: its id's time is outside the reorder window."""
 
 
-# KEYS: recent, meta, stream, rate
-# ARGV: member, padded id, id - 1 (padded), id's ms, window ms, hot size, ttl s,
-#       channel, payload, video, record
-APPEND = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id_ms = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-if id_ms < now - window or id_ms > now + window then
-  return {0, now}
-end
-local p = ARGV[2]
-if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. p .. ':', '(' .. p .. ';', 'LIMIT', 0, 1) > 0 then
-  return {2, now}
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local floor = redis.call('HGET', KEYS[2], 'floor')
-  if not floor or floor < ARGV[3] then
-    redis.call('HSET', KEYS[2], 'floor', ARGV[3])
-  end
-end
-redis.call('ZADD', KEYS[1], 0, ARGV[1])
-local n = redis.call('ZCARD', KEYS[1])
-local size = tonumber(ARGV[6])
-if n > size then
-  local gone = redis.call('ZRANGE', KEYS[1], 0, n - size - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - size - 1)
-  local top = string.sub(gone[#gone], 1, 19)
-  local floor = redis.call('HGET', KEYS[2], 'floor')
-  if not floor or floor < top then
-    redis.call('HSET', KEYS[2], 'floor', top)
-  end
-end
-local ttl = tonumber(ARGV[7])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('XADD', KEYS[3], '*', 'k', 'c', 'v', ARGV[10], 'r', ARGV[11])
-local sec = math.floor(now / 1000)
-redis.call('HINCRBY', KEYS[4], sec, 1)
-redis.call('HDEL', KEYS[4], sec - 12)
-redis.call('EXPIRE', KEYS[4], 15)
-redis.call('PUBLISH', ARGV[8], ARGV[9])
-return {1, now}
-"""
+@attrs.frozen(kw_only=True)
+class AppendCall:
+    """One call of ``lua/append.lua``: its KEYS and ARGV, built here and only here."""
 
-# KEYS: recent, tombstones, stream ; ARGV: padded id, id, video, tombstones kept, ttl s
-# A tombstone is the id, or "id:author" for a shadowed comment (whose removal only its
-# author may hear of).
-REMOVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local p = ARGV[1]
-local m = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. p .. ':', '(' .. p .. ';', 'LIMIT', 0, 1)
-local tomb = ARGV[2]
-if #m > 0 then
-  local rec = cjson.decode(string.sub(m[1], 21))
-  if rec['shadow'] then
-    tomb = ARGV[2] .. ':' .. rec['author']['id']
-  end
-end
-redis.call('ZADD', KEYS[2], now, tomb)
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[4]) - 1)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-if #m == 0 then
-  return 0
-end
-redis.call('ZREM', KEYS[1], m[1])
-redis.call('XADD', KEYS[3], '*', 'k', 'r', 'v', ARGV[3], 'id', ARGV[2])
-return 1
-"""
+    keys: Keys
+    comment_id: int
+    video_id: str
+    record: str  # the comment's record as JSON (``record_json``)
+    window_ms: int
+    hot_size: int
+    ttl_s: int
+
+    @classmethod
+    def of(cls, comment: Comment, keys: Keys, *, window_ms: int, hot_size: int, ttl_s: int) -> AppendCall:
+        return cls(
+            keys=keys,
+            comment_id=comment.id,
+            video_id=comment.video_id,
+            record=record_json(comment),
+            window_ms=window_ms,
+            hot_size=hot_size,
+            ttl_s=ttl_s,
+        )
+
+    def script_keys(self) -> list[str]:
+        k, v = self.keys, self.video_id
+        return [k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)]
+
+    def script_args(self) -> list[str | int]:
+        return [
+            pad(self.comment_id),
+            pad(self.comment_id - 1),  # the floor of a new sorted set
+            snowflake_ms(self.comment_id),
+            self.window_ms,
+            self.hot_size,
+            self.ttl_s,
+            self.keys.channel(self.video_id),
+            '{"t":"c","c":' + self.record + "}",  # what bus.encode makes of the comment
+            self.video_id,
+            self.record,
+        ]
 
 
 def _tombstone(video_id: str, raw: bytes | str) -> Removal:
@@ -165,30 +132,14 @@ class HotStore:
         self.ttl_s = ttl_s
         self.window_ms = window_ms
         self.tombstones_kept = tombstones
-        self._append = redis.register_script(APPEND)
-        self._remove = redis.register_script(REMOVE)
+        self._append = scripts.register(redis, "append")
+        self._remove = scripts.register(redis, "remove")
 
     async def append(self, comment: Comment) -> bool:
         """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
         when its id's time is more than the window away from Redis' clock."""
-        k, v = self.keys, comment.video_id
-        record = record_json(comment)
-        res = await self._append(
-            keys=[k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)],
-            args=[
-                pad(comment.id) + ":" + record,
-                pad(comment.id),
-                pad(comment.id - 1),
-                snowflake_ms(comment.id),
-                self.window_ms,
-                self.hot_size,
-                self.ttl_s,
-                k.channel(v),
-                '{"t":"c","c":' + record + "}",
-                v,
-                record,
-            ],
-        )
+        call = AppendCall.of(comment, self.keys, window_ms=self.window_ms, hot_size=self.hot_size, ttl_s=self.ttl_s)
+        res = await self._append(keys=call.script_keys(), args=call.script_args())
         status = int(res[0])
         if status == 0:
             skew = snowflake_ms(comment.id) - int(res[1])

@@ -1,16 +1,17 @@
 """Moderation in cluster mode, on Redis: the ban/settings/log store every ingest process
 shares, and the automod queue that ``livecomments moderate`` workers consume.
 
-``RedisModerationStore`` implements ``adapters.sqlite.moderation.ModerationStore``.
-All of its keys carry one hash tag (``{mod}``), so each write -- the state change, its
-log entry and a bump of the version counter -- is one Lua script on one slot:
+``RedisModerationStore`` implements ``domain.moderation.ModerationStore``.
+All of its keys (``Keys.bans``, ``video_settings``, ``moderation_log``,
+``moderation_version``) carry one hash tag (``{mod}``), so each write -- the state
+change, its log entry and a bump of the version counter -- is one Lua script on one slot:
 
-- ``<prefix>:{mod}:bans``: hash, ``scope \\n user_id`` -> the ban as JSON;
-- ``<prefix>:{mod}:settings``: hash, video id -> slow_mode_s (absent when 0);
-- ``<prefix>:{mod}:log:<scope>``: sorted set, all scores 0, members
-  ``<19-digit entry id>:<json>``, so lexicographic order is id order; at most
-  ``log_max`` entries per scope (the oldest are trimmed);
-- ``<prefix>:{mod}:version``: incremented by every ban, unban and settings change.
+- bans: hash, ``scope \\n user_id`` -> the ban as JSON;
+- settings: hash, video id -> slow_mode_s (absent when 0);
+- the log of a scope: sorted set, all scores 0, members ``<19-digit entry id>:<json>``,
+  so lexicographic order is id order; at most ``log_max`` entries per scope (the oldest
+  are trimmed);
+- version: incremented by every ban, unban and settings change.
 
 Ingest keeps bans and slow modes in memory (``ingest.moderation.bans.ModerationService``);
 ``watch`` polls the version (one GET a second) and reloads that cache when another process
@@ -21,7 +22,7 @@ once on the one that took it). How durable it is depends on the Redis' persisten
 ``RedisModerationQueue`` implements ``ModerationQueue``: ``offer`` puts the comment in a
 bounded in-process buffer (never waits: when full, the comment skips moderation and is
 counted), and a forwarder task appends buffered comments to a capped stream per shard
-(``<prefix>:{n}:moderate``, MAXLEN ~ ``stream_max``: entries trimmed before a worker read
+(``Keys.moderation_stream``, MAXLEN ~ ``stream_max``: entries trimmed before a worker read
 them are skipped too). ``RedisModerationSource`` reads those streams through the consumer
 group ``moderate`` and hands each comment to ``Automod.handle``; entries are acknowledged
 (and deleted) after they were handled, a worker reads its own pending entries first after
@@ -32,24 +33,28 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from coredis import PureToken
 
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis import scripts
+from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.keys import Keys
 from adapters.redis.streams import GroupConsumer, text
+from adapters.retry import Retry
 from domain.model import Comment
 from domain.moderation import Ban, LogEntry, VideoSettings
 from domain.ports import StoreUnavailable
 from ingest.moderation.automod import Automod, InProcessQueue, ModerationMetrics
+from policy.backoff import Backoff
 
-log = logging.getLogger("ingest.moderation.redis")
+log = logging.getLogger("ingest.moderation.bans.redis")
 
 PAD = 19
 GROUP = "moderate"
+FORWARD_RETRY = Backoff(initial_s=0.2, max_s=5.0)  # the forwarder after a failed batch
 
 
 _s = text
@@ -82,46 +87,19 @@ def _log_from(raw: Any) -> LogEntry | None:
         return None
 
 
-# KEYS: state hash, log zset, version. ARGV: op (set|del), field, value, log member, log max.
-# set: HSET field value; del: HDEL field (nothing is logged when there was nothing).
-# Returns 1 when something changed (always for set).
-WRITE = """
-local changed = 1
-if ARGV[1] == 'set' then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-else
-  changed = redis.call('HDEL', KEYS[1], ARGV[2])
-end
-if changed == 1 then
-  redis.call('ZADD', KEYS[2], 0, ARGV[4])
-  local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
-  if excess > 0 then
-    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
-  end
-  redis.call('INCR', KEYS[3])
-end
-return changed
-"""
-
-
 class RedisModerationStore:
     def __init__(self, redis: Redis, keys: Keys, *, log_max: int = 100_000) -> None:
         self.redis = redis
-        self.prefix = keys.prefix
+        self.keys = keys
         self.log_max = log_max
-        self._write = redis.register_script(WRITE)
+        self._write = scripts.register(redis, "moderation_write")
         self._seen_version: int | None = None
 
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}:{{mod}}:{name}"
-
-    def _log_key(self, scope: str) -> str:
-        return self._key("log:" + scope)
-
-    async def _run(self, op: str, table: str, field: str, value: str, entry: LogEntry) -> bool:
+    async def _run(self, op: str, state_key: str, field: str, value: str, entry: LogEntry) -> bool:
+        k = self.keys
         try:
             res = await self._write(
-                keys=[self._key(table), self._log_key(entry.scope), self._key("version")],
+                keys=[state_key, k.moderation_log(entry.scope), k.moderation_version()],
                 args=[op, field, value, _log_member(entry), self.log_max],
             )
         except REDIS_ERRORS as e:
@@ -129,14 +107,14 @@ class RedisModerationStore:
         return int(res) == 1
 
     async def put_ban(self, ban: Ban, entry: LogEntry) -> None:
-        await self._run("set", "bans", f"{ban.scope}\n{ban.user_id}", _ban_json(ban), entry)
+        await self._run("set", self.keys.bans(), f"{ban.scope}\n{ban.user_id}", _ban_json(ban), entry)
 
     async def delete_ban(self, scope: str, user_id: str, entry: LogEntry) -> bool:
-        return await self._run("del", "bans", f"{scope}\n{user_id}", "", entry)
+        return await self._run("del", self.keys.bans(), f"{scope}\n{user_id}", "", entry)
 
     async def bans(self, scope: str | None = None) -> list[Ban]:
         try:
-            raw = await self.redis.hgetall(self._key("bans"))
+            raw = await self.redis.hgetall(self.keys.bans())
         except REDIS_ERRORS as e:
             raise StoreUnavailable(f"Redis: {e}") from None
         bans = [b for b in (_ban_from(v) for v in raw.values()) if b is not None]
@@ -144,15 +122,15 @@ class RedisModerationStore:
 
     async def put_settings(self, settings: VideoSettings, entry: LogEntry) -> None:
         if settings.slow_mode_s > 0:
-            await self._run("set", "settings", settings.video_id, str(settings.slow_mode_s), entry)
+            await self._run("set", self.keys.video_settings(), settings.video_id, str(settings.slow_mode_s), entry)
         else:
             # Turning slow mode off is logged even when it was already off.
-            if not await self._run("del", "settings", settings.video_id, "", entry):
+            if not await self._run("del", self.keys.video_settings(), settings.video_id, "", entry):
                 await self.append_log(entry)
 
     async def all_settings(self) -> list[VideoSettings]:
         try:
-            raw = await self.redis.hgetall(self._key("settings"))
+            raw = await self.redis.hgetall(self.keys.video_settings())
         except REDIS_ERRORS as e:
             raise StoreUnavailable(f"Redis: {e}") from None
         out = []
@@ -165,7 +143,7 @@ class RedisModerationStore:
 
     async def append_log(self, entry: LogEntry) -> None:
         try:
-            await self.redis.zadd(self._log_key(entry.scope), {_log_member(entry): 0})
+            await self.redis.zadd(self.keys.moderation_log(entry.scope), {_log_member(entry): 0})
         except REDIS_ERRORS as e:
             raise StoreUnavailable(f"Redis: {e}") from None
 
@@ -173,7 +151,7 @@ class RedisModerationStore:
         top = "+" if before is None else f"({before:0{PAD}d}"
         try:
             raw = await self.redis.zrange(
-                self._log_key(scope), top, "-", sortby=PureToken.BYLEX, rev=True, offset=0, count=limit
+                self.keys.moderation_log(scope), top, "-", sortby=PureToken.BYLEX, rev=True, offset=0, count=limit
             )
         except REDIS_ERRORS as e:
             raise StoreUnavailable(f"Redis: {e}") from None
@@ -181,7 +159,7 @@ class RedisModerationStore:
 
     async def version(self) -> int:
         try:
-            raw = await self.redis.get(self._key("version"))
+            raw = await self.redis.get(self.keys.moderation_version())
         except REDIS_ERRORS as e:
             raise StoreUnavailable(f"Redis: {e}") from None
         return int(_s(raw)) if raw is not None else 0
@@ -200,10 +178,6 @@ class RedisModerationStore:
 
     async def aclose(self) -> None:
         pass
-
-
-def stream_key(keys: Keys, slot: int) -> str:
-    return f"{keys.prefix}:{{{slot}}}:moderate"
 
 
 class RedisModerationQueue(InProcessQueue):
@@ -229,7 +203,7 @@ class RedisModerationQueue(InProcessQueue):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Forward buffered comments to the streams until cancelled."""
         task_status.started()
-        backoff = 0.2
+        retry = Retry(FORWARD_RETRY)
         while True:
             first = await self._recv.receive()
             batch = [first]
@@ -240,18 +214,17 @@ class RedisModerationQueue(InProcessQueue):
                     break
             try:
                 await self.forward(batch)
-                backoff = 0.2
+                retry.reset()
             except REDIS_ERRORS as e:
                 # Moderation is best effort: the batch is dropped (counted), posting goes on.
                 self.metrics.skipped.inc(len(batch))
                 log.warning("moderation queue: Redis unavailable (%s); %d comments skip moderation", e, len(batch))
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, 5.0)
+                await retry.sleep()
 
     async def forward(self, comments: list[Comment]) -> None:
         for c in comments:
             await self.redis.xadd(
-                stream_key(self.keys, self.keys.slot(c.video_id)),
+                self.keys.moderation_stream_of(c.video_id),
                 {"r": json.dumps(c.to_record(), ensure_ascii=False, separators=(",", ":"))},
                 trim_strategy=PureToken.MAXLEN,
                 threshold=self.stream_max,
@@ -282,8 +255,8 @@ class RedisModerationSource(GroupConsumer):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            for slot in range(self.keys.shards):
-                nursery.start_soon(self.drain_forever, stream_key(self.keys, slot))
+            for stream in self.keys.moderation_streams():
+                nursery.start_soon(self.drain_forever, stream)
             task_status.started()
 
     async def handle(self, stream: str, entries: list[Any]) -> None:

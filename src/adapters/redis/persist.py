@@ -36,7 +36,8 @@ from typing import Any
 import attrs
 import trio
 
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.keys import Keys
 from adapters.redis.streams import GroupConsumer, text
 from domain.model import Comment
 from domain.ports import Store, StoreUnavailable
@@ -107,10 +108,6 @@ class ViewerFeed:
         self._videos: OrderedDict[str, float] = OrderedDict()  # video -> last write, oldest first
         self.reads = 0
         self.failures = 0
-
-    @property
-    def followed(self) -> list[str]:
-        return list(self._videos)
 
     async def wrote(self, video_ids: Iterable[str]) -> None:
         """Called before a batch is written: follow these videos; read the viewers of the

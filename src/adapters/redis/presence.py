@@ -18,74 +18,23 @@ view, dwell not over) returns the mode in force, which the proposing room adopts
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
+from prometheus_client import Gauge
 
+from adapters.redis import scripts
 from adapters.redis.bus import encode
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.keys import Keys
 from backpressure.tiers import Mode
 from domain.model import ModeChange
 
 if TYPE_CHECKING:
+    from domain.metrics import Metrics
     from rms.room import Rooms
 
 log = logging.getLogger("livecomments.presence")
-
-# KEYS[1]: the video's presence hash. ARGV: node, count, ttl ms, read only (1|0).
-# Returns the total of unexpired counts.
-REPORT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-if ARGV[4] == '0' then
-  if tonumber(ARGV[2]) > 0 then
-    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + ttl))
-  else
-    redis.call('HDEL', KEYS[1], ARGV[1])
-  end
-end
-local total = 0
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  local v = flat[i + 1]
-  local sep = string.find(v, ':', 1, true)
-  local expires = tonumber(string.sub(v, sep + 1))
-  if expires < now then
-    if ARGV[4] == '0' then
-      redis.call('HDEL', KEYS[1], flat[i])
-    end
-  else
-    total = total + tonumber(string.sub(v, 1, sep - 1))
-  end
-end
-if ARGV[4] == '0' and total > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl * 2)
-end
-return total
-"""
-
-# KEYS[1]: the video's mode ("mode:changed_ms"). ARGV: from, to, dwell ms, channel, payload.
-# Returns the mode in force after the proposal.
-PROPOSE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cur = redis.call('GET', KEYS[1])
-local mode, since = 'push', 0
-if cur then
-  local sep = string.find(cur, ':', 1, true)
-  mode = string.sub(cur, 1, sep - 1)
-  since = tonumber(string.sub(cur, sep + 1))
-end
-if mode ~= ARGV[1] or mode == ARGV[2] or now - since < tonumber(ARGV[3]) then
-  return mode
-end
-redis.call('SET', KEYS[1], ARGV[2] .. ':' .. now, 'EX', 86400)
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return ARGV[2]
-"""
-
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -103,7 +52,7 @@ class Presence:
         ttl_s: float = 5.0,
         interval_s: float = 1.0,
         min_dwell_s: float = 10.0,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -113,12 +62,10 @@ class Presence:
         self.dwell_ms = int(min_dwell_s * 1000)
         self.totals: dict[str, int] = {}
         self._reported: set[str] = set()
-        self._report = redis.register_script(REPORT)
-        self._propose = redis.register_script(PROPOSE)
-        self._gauge: Any = None
+        self._report = scripts.register(redis, "presence_report")
+        self._propose = scripts.register(redis, "mode_propose")
+        self._gauge: Gauge | None = None
         if metrics is not None:
-            from prometheus_client import Gauge
-
             self._gauge = Gauge(
                 "livecomments_video_viewers",
                 "Viewers of a video summed over every rms node (videos with a room on this node)",
@@ -215,9 +162,3 @@ class Presence:
             log.warning("mode decision for %s deferred: Redis unavailable: %s", video_id, e)
             return None
 
-
-def node_name() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"

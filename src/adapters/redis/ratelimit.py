@@ -8,7 +8,7 @@ not the caller's: ingest processes on different hosts have different monotonic c
 and the script runs atomically, so two posts of one user on two ingest processes cannot
 both take the last place.
 
-A Redis outage is not the poster's fault and not a reason to let floods through: the
+The script is ``lua/sliding_window.lua``. A Redis outage is not the poster's fault and not a reason to let floods through: the
 limiter answers 503 with ``Retry-After`` (``Unavailable``).
 """
 
@@ -17,63 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis import scripts
+from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.keys import Keys
 from domain.errors import Unavailable
 from policy.rate import Rate
 from policy.ratelimit import Decision
 
 log = logging.getLogger("livecomments.ratelimit")
-
-# KEYS: one sorted set per (key, rule). ARGV: count and period (ms) per key.
-# All or nothing, like InMemoryRateLimiter.check_many: a key named twice sees its first
-# count. Returns {allowed (1|0), retry after in ms as a string (Lua numbers would be
-# truncated to integers)}.
-SLIDING_WINDOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local added = {}
-local retry = 0
-local refused = false
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local count = tonumber(ARGV[2 * i - 1])
-  local period = tonumber(ARGV[2 * i])
-  local floor = '(' .. string.format('%.17g', now - period)
-  local mine = added[key] or 0
-  local recent = redis.call('ZCOUNT', key, floor, '+inf') + mine
-  if recent >= count then
-    refused = true
-    local wait = period
-    if mine < count then
-      local hit = redis.call('ZREVRANGEBYSCORE', key, '+inf', floor, 'WITHSCORES', 'LIMIT', count - mine - 1, 1)
-      wait = tonumber(hit[2]) + period - now
-    end
-    if wait < 0.000001 then
-      wait = 0.000001
-    end
-    if wait > retry then
-      retry = wait
-    end
-  else
-    added[key] = mine + 1
-  end
-end
-if refused then
-  return {0, string.format('%.17g', retry)}
-end
-local stamp = string.format('%.17g', now)
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local count = tonumber(ARGV[2 * i - 1])
-  local period = tonumber(ARGV[2 * i])
-  redis.call('ZADD', key, now, stamp .. ':' .. i)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.17g', now - period))
-  redis.call('ZREMRANGEBYRANK', key, 0, -count - 1)
-  redis.call('PEXPIRE', key, math.ceil(period))
-end
-return {1, '0'}
-"""
-
 
 class RedisRateLimiter:
     """``policy.ratelimit.RateLimiter`` on Redis (the ``now`` argument is unused).
@@ -87,7 +38,7 @@ class RedisRateLimiter:
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.keys = keys
-        self._script = redis.register_script(SLIDING_WINDOW)
+        self._script = scripts.register(redis, "sliding_window")
 
     async def acquire(self, key: str, rule: Rate, now: float) -> Decision:
         return await self.acquire_many([(key, rule)], now)
@@ -101,7 +52,7 @@ class RedisRateLimiter:
             args += [rule.count, rule.period * 1000.0]
         try:
             allowed, retry_ms = await self._script(
-                keys=[self.keys.limiter(f"{{{tag}}}:{key}") for key, _ in items], args=args
+                keys=[self.keys.limiter(tag, key) for key, _ in items], args=args
             )
         except REDIS_ERRORS as e:
             log.warning("rate limiter: Redis unavailable: %s", e)

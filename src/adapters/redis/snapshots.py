@@ -16,39 +16,28 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from adapters.redis.client import REDIS_ERRORS, Keys, Redis
+from adapters.redis import scripts
+from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.keys import Keys
 
 if TYPE_CHECKING:
     from rms.room import Rooms
 
 log = logging.getLogger("livecomments.snapshots")
 
-# KEYS: lease, snapshot. ARGV: node, lease ms, etag, body. Returns 1 when written.
-WRITE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-redis.call('SET', KEYS[2], ARGV[3] .. '\\n' .. ARGV[4], 'PX', tonumber(ARGV[2]) * 2)
-return 1
-"""
-
-
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
 class SnapshotPublisher:
-    def __init__(self, redis: Redis, keys: Keys, node_id: str, *, interval_s: float = 1.0, metrics: Any = None) -> None:
+    def __init__(self, redis: Redis, keys: Keys, node_id: str, *, interval_s: float = 1.0) -> None:
         self.redis = redis
         self.keys = keys
         self.node_id = node_id
         self.interval_s = interval_s
         self.lease_ms = int(interval_s * 3000)
-        self.metrics = metrics
         self.writes = 0
-        self._write = redis.register_script(WRITE)
+        self._write = scripts.register(redis, "snapshot_write")
 
     async def run(self, rooms: Rooms, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

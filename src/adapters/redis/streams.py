@@ -12,13 +12,14 @@ starts over with the pending entries, so nothing read is lost. The persist worke
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import trio
 
 from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.retry import Retry
 from domain.ports import StoreUnavailable
+from policy.backoff import Backoff
 
 log = logging.getLogger("livecomments.streams")
 
@@ -51,7 +52,7 @@ class GroupConsumer:
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = int(claim_idle_s * 1000)
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(initial_s=min(0.2, max_backoff_s), max_s=max_backoff_s)
         self.failures = 0
         self.stopping = False
         self.idle = trio.Event()  # set (and replaced) whenever a read found nothing new
@@ -61,7 +62,7 @@ class GroupConsumer:
         raise NotImplementedError
 
     async def drain_forever(self, stream: str) -> None:
-        backoff = 0.2
+        retry = Retry(self.backoff)
         pending_first = True  # after a (re)start: our own unacknowledged entries first
         while not self.stopping:
             try:
@@ -75,14 +76,14 @@ class GroupConsumer:
                     self.idle.set()
                     self.idle = trio.Event()
                     await self._claim(stream)
-                backoff = 0.2
+                retry.reset()
             except RETRIED as e:
                 self.failures += 1
                 what = self.store_name if isinstance(e, StoreUnavailable) else "Redis"
-                log.warning("%s: %s unavailable (%s); retrying in %.1f s", self.name, what, e, backoff)
+                delay = retry.next_delay()
+                log.warning("%s: %s unavailable (%s); retrying in %.1f s", self.name, what, e, delay)
                 pending_first = True
-                await trio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, self.max_backoff_s)
+                await retry.sleep(delay)
 
     async def _ensure_group(self, stream: str) -> None:
         try:

@@ -32,7 +32,7 @@ from domain.settings import Settings
 from ingest.moderation.classifier import Classifier, load_classifier
 from ingest.moderation.rules import RULES, Limits, Rules, RuleSet, Verdict
 
-log = logging.getLogger("ingest.moderation")
+log = logging.getLogger("ingest.moderation.bans")
 
 AUTOMOD = "automod"
 RULES_CHECK_S = 5.0  # how often the rules file is checked for changes

@@ -1,0 +1,45 @@
+"""The Lua scripts of cluster mode: ``lua/<name>.lua``, shipped as package data.
+
+Each file starts with comments that say its KEYS, ARGV and answer. ``source(name)`` reads a
+script once per process (``importlib.resources``); ``register(redis, name)`` gives the
+coredis ``Script`` that callers await with ``keys=`` and ``args=`` (EVALSHA, re-sent when
+Redis forgot it after a restart).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from coredis.commands import Script
+
+from adapters.redis.client import Redis
+
+NAMES = (
+    "append",
+    "remove",
+    "presence_report",
+    "mode_propose",
+    "snapshot_write",
+    "sliding_window",
+    "moderation_write",
+)
+
+
+@functools.cache
+def source(name: str) -> str:
+    if name not in NAMES:
+        raise ValueError(f"no Lua script {name!r} (one of {', '.join(NAMES)})")
+    return (resources.files("adapters.redis") / "lua" / f"{name}.lua").read_text("utf-8")
+
+
+# A registered script: ``await script(keys=[...], args=[...])``; the answer is the script's
+# own (each file says what it returns).
+ScriptCall = Callable[..., Awaitable[Any]]
+
+
+def register(redis: Redis, name: str) -> ScriptCall:
+    script: Script[Any] = redis.register_script(source(name))
+    return script
