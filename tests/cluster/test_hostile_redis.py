@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from adapters.memory import InProcessBus
+from adapters.memory import InProcessBus, LocalBroker
 from adapters.redis.hotstore import ClusterStore, HotStore
 from adapters.redis.keys import Keys
 from adapters.redis.ratelimit import RedisRateLimiter
@@ -18,7 +18,7 @@ from domain.errors import RateLimited
 from domain.identity import Identity
 from domain.metrics import Metrics
 from ingest.service import CommentService
-from livecomments.config import Settings
+from domain.settings import Settings
 from tests.cluster.test_redis_parts import comment
 
 
@@ -29,7 +29,8 @@ async def test_guests_of_one_address_share_the_post_limit_across_ingest_processe
     async with SqliteStore.open(str(tmp_path / "c.sqlite3")) as store:
         # Two ingest processes: their own services and limiters, one Redis.
         one, two = (
-            CommentService(settings, store, InProcessBus(), RedisRateLimiter(redis, keys), Metrics()) for _ in range(2)
+            CommentService(settings, LocalBroker(store, bus), store, bus, RedisRateLimiter(redis, keys), Metrics())
+            for bus in (InProcessBus(), InProcessBus())
         )
         guests = [Identity(f"g_{i}", f"G{i}", address="tag-of-one-64") for i in range(4)]
         for i, (svc, who) in enumerate(zip((one, two, one), guests)):

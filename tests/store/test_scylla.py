@@ -144,7 +144,7 @@ class _RecordingCluster:
 def test_db_migrate_creates_the_keyspace_with_the_configured_replication(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], flags: list[str], factor: int
 ) -> None:
-    from domain.ports import scylla
+    from adapters.scylla import store as scylla
     from livecomments import cli
 
     fake = _RecordingCluster(ttl_s=3600)

@@ -11,7 +11,7 @@ from adapters.memory import InProcessBus
 from domain.errors import TooManyRooms
 from domain.metrics import Metrics
 from domain.model import Comment
-from livecomments.config import Settings
+from domain.settings import Settings
 from rms.frames import Encoding
 from rms.room import Rooms
 from rms.viewer import QueueViewer
