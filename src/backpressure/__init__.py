@@ -6,7 +6,7 @@ origin). The Trio shells in ``rms`` and ``ingest`` wire them to sockets and time
 
 from backpressure.outbound import OutboundQueue
 from backpressure.pacer import FlushPacer
-from backpressure.rate import Rate, parse_rate
+from backpressure.rate import Rate, RateGate, parse_rate
 from backpressure.ratelimit import Decision, InMemoryRateLimiter, RateLimiter
 from backpressure.velocity import Velocity
 
@@ -16,6 +16,7 @@ __all__ = [
     "InMemoryRateLimiter",
     "OutboundQueue",
     "Rate",
+    "RateGate",
     "RateLimiter",
     "Velocity",
     "parse_rate",
