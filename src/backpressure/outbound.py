@@ -12,9 +12,10 @@ waiting is stuck: the shell disconnects it (it may come back with Last-Event-ID)
 
 Besides batches, three kinds of bytes come in, each bounded its own way:
 
-- the unsent tail of a batch already partly written (``push_rest``): never dropped, the
-  stream must stay well-formed; at most one batch, since a tail only exists while the
-  queue was clear;
+- a batch that must not be dropped (``push_rest``): the unsent part of one the shell
+  started writing itself while the queue was clear (the stream must stay well-formed,
+  and nothing may go out before the rest of that frame), or a viewer's opening; at most
+  one batch;
 - small server-originated control frames (mode, goaway, close: ``push_control``): never
   dropped, but allowed only ``control_slack`` bytes beyond ``limit``; past that the push
   is refused and the shell closes the viewer (a viewer that far behind is gone anyway);
@@ -89,10 +90,21 @@ class OutboundQueue:
         self._append(data, now)
         return True
 
-    def push_rest(self, data: bytes, now: float) -> None:
-        """Queue the unsent tail of a batch already partly written: never dropped,
-        since the stream must stay well-formed (a tail is at most one batch)."""
-        self._append(data, now)
+    def push_rest(self, data: bytes, now: float, written: int = 0) -> None:
+        """Queue a batch that is never dropped: the stream must stay well-formed. With
+        ``written`` > 0, the caller wrote that much of it straight to the socket, which
+        it may only do on an empty queue; the rest is then the frame in progress (not
+        even a pong goes before it)."""
+        if written <= 0:
+            self._append(data, now)
+            return
+        if self._size:
+            raise ValueError("a batch partly written while bytes were waiting")
+        if written < len(data):
+            self._progress_at = now  # the stuck clock starts when bytes start waiting
+            self._chunks = [data]
+            self._offset = written
+            self._size = len(data) - written
 
     def push_control(self, data: bytes, now: float) -> bool:
         """Queue a small server-originated control frame (mode, goaway, close) that must

@@ -35,7 +35,7 @@ async def events(video_id: str) -> Response:
     reset, entries = await room.catch_up(params.after, params.backlog, user_id)
     viewer = QueueViewer(user_id, Encoding.SSE_PLAIN, s.viewer_buffer, s.stuck_s, svc.metrics)
     first = b"retry: %d\n\n" % s.retry_ms + room.opening(Encoding.SSE_PLAIN, reset, entries)
-    viewer.control(first, trio.current_time())
+    viewer.open(first, trio.current_time())
     room.join(viewer)
     svc.metrics.connections.labels("sse-asgi").inc()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -88,6 +89,25 @@ def test_push_rest_ignores_the_limit() -> None:
     assert q.size == 10
     assert not q.push(b"x", 1, 0.0)
     assert drain(q) == b"0123456789"
+
+
+def test_a_batch_partly_written_keeps_its_place_at_the_head() -> None:
+    q = OutboundQueue(10, 30.0, gap)
+    q.push_rest(b"[0123456789]", 5.0, written=4)  # "[012" went straight to the socket
+    assert q.size == 8 and q.stuck_deadline() == 35.0
+    q.push_pong(b"<p>", 5.0)  # a pong may not cut into the frame in progress
+    assert bytes(q.peek()) == b"3456789]"
+    assert drain(q) == b"3456789]<p>"
+    q.push_rest(b"whole", 6.0, written=5)  # all of it went out: nothing waits
+    assert q.empty
+
+
+def test_a_batch_partly_written_is_refused_while_bytes_wait() -> None:
+    q = OutboundQueue(10, 30.0, gap)
+    q.push_pong(b"<p>", 0.0)
+    with pytest.raises(ValueError):
+        q.push_rest(b"[batch]", 0.0, written=2)
+    assert drain(q) == b"<p>"
 
 
 def test_push_control_takes_the_slack_beyond_the_limit_and_no_more() -> None:
@@ -304,6 +324,22 @@ class QueueModel(RuleBasedStateMachine):
         data = b"(%d:%s)" % (self.serial, b"r" * size)
         self.q.push_rest(data, float(self.now))
         self._append(data)
+        self.unbounded = True
+
+    @precondition(lambda self: self._queued() == 0)
+    @rule(size=st.integers(1, 30), data=st.data())
+    def push_rest_partly_written(self, size: int, data: st.DataObject) -> None:
+        """The shell wrote part of a batch itself (only on an empty queue): the rest is the
+        frame in progress, and nothing goes out before it."""
+        self.serial += 1
+        batch = b"(%d:%s)" % (self.serial, b"w" * size)
+        written = data.draw(st.integers(1, len(batch)))
+        self.q.push_rest(batch, float(self.now), written=written)
+        self.written += batch[:written]  # what the shell wrote, in the stream's order
+        self.pushed.append(batch)
+        if written < len(batch):
+            self.waiting_since = self.now
+            self.ahead = batch[written:]
         self.unbounded = True
 
     @rule(size=st.integers(0, 12))
