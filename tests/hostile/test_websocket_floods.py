@@ -302,7 +302,11 @@ async def test_json_nested_too_deep_gets_invalid_json_and_the_connection_stays(
         assert not w.ended
 
 
-@pytest.mark.parametrize("after", ["9" * 4000, int("9" * 4000), "-1", 1.5, None, True, str(2**63)])
+@pytest.mark.parametrize(
+    "after",
+    ["9" * 4000, int("9" * 4000), "-1", 1.5, None, True, str(2**63)],
+    ids=["4000-digit-string", "4000-digit-number", "negative", "float", "null", "true", "2**63"],
+)
 async def test_a_cursor_that_is_not_an_id_gets_invalid_cursor(
     server: ServerProcess, video: str, after: object
 ) -> None:
