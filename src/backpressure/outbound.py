@@ -9,6 +9,24 @@ knows how many it missed. The room never waits for a viewer.
 
 A viewer that makes no progress at all for ``stuck_after`` seconds while bytes are
 waiting is stuck: the shell disconnects it (it may come back with Last-Event-ID).
+
+Besides batches, three kinds of bytes come in, each bounded its own way:
+
+- a batch that must not be dropped (``push_rest``): the unsent part of one the shell
+  started writing itself while the queue was clear (the stream must stay well-formed,
+  and nothing may go out before the rest of that frame), or a viewer's opening; at most
+  one batch;
+- small server-originated control frames (mode, goaway, close: ``push_control``): never
+  dropped, but allowed only ``control_slack`` bytes beyond ``limit``; past that the push
+  is refused and the shell closes the viewer (a viewer that far behind is gone anyway);
+- a WebSocket pong (``push_pong``): at most one waits. A newer pong replaces one not yet
+  started (RFC 6455 5.5.3 allows answering only the latest ping), and a waiting pong
+  goes out at the next frame boundary, ahead of queued batches, so a ping flood from a
+  client that does not read costs one frame of memory.
+
+``full`` tells the shell to stop reading the viewer's input: it holds while anything
+waits (bytes, or a gap notice owed). What a client sends is answered through this
+queue, so a client that does not read its answers gets none of its input read either.
 """
 
 from __future__ import annotations
@@ -17,19 +35,26 @@ from collections.abc import Callable
 
 import attrs
 
+# Bytes of control frames a queue takes beyond its limit (some mode, goaway and close
+# frames; each is well under 200 bytes).
+CONTROL_SLACK = 4096
+
 
 @attrs.define
 class OutboundQueue:
     limit: int
     stuck_after: float
     encode_gap: Callable[[int], bytes]
+    control_slack: int = CONTROL_SLACK
     _chunks: list[bytes] | None = attrs.field(default=None, init=False)
+    _pong: bytes | None = attrs.field(default=None, init=False)  # waiting, not started
     _offset: int = attrs.field(default=0, init=False)
     _size: int = attrs.field(default=0, init=False)
     _progress_at: float = attrs.field(default=0.0, init=False)
     missed: int = attrs.field(default=0, init=False)  # dropped, not yet told
     missed_total: int = attrs.field(default=0, init=False)
     gaps_sent: int = attrs.field(default=0, init=False)
+    pongs_replaced: int = attrs.field(default=0, init=False)
 
     @property
     def empty(self) -> bool:
@@ -45,6 +70,12 @@ class OutboundQueue:
         """Nothing waiting and nothing missed: a batch may be written straight to the socket."""
         return self._size == 0 and self.missed == 0
 
+    @property
+    def full(self) -> bool:
+        """The socket does not take what we have for this viewer (bytes wait, or a gap
+        notice is owed): read nothing more from it until this clears."""
+        return not self.clear
+
     def push(self, data: bytes, comments: int, now: float) -> bool:
         """Queue a whole batch, or drop it (False) when it does not fit."""
         gap = self.encode_gap(self.missed) if self.missed else b""
@@ -59,17 +90,48 @@ class OutboundQueue:
         self._append(data, now)
         return True
 
-    def push_rest(self, data: bytes, now: float) -> None:
-        """Queue the unsent tail of a batch already partly written: never dropped,
-        since the stream must stay well-formed (a tail is at most one batch)."""
-        self._append(data, now)
+    def push_rest(self, data: bytes, now: float, written: int = 0) -> None:
+        """Queue a batch that is never dropped: the stream must stay well-formed. With
+        ``written`` > 0, the caller wrote that much of it straight to the socket, which
+        it may only do on an empty queue; the rest is then the frame in progress (not
+        even a pong goes before it)."""
+        if written <= 0:
+            self._append(data, now)
+            return
+        if self._size:
+            raise ValueError("a batch partly written while bytes were waiting")
+        if written < len(data):
+            self._progress_at = now  # the stuck clock starts when bytes start waiting
+            self._chunks = [data]
+            self._offset = written
+            self._size = len(data) - written
 
-    def push_control(self, data: bytes, now: float) -> None:
-        """Queue a small control frame (goaway, mode) regardless of the limit."""
+    def push_control(self, data: bytes, now: float) -> bool:
+        """Queue a small server-originated control frame (mode, goaway, close) that must
+        not be dropped: up to ``control_slack`` bytes beyond the limit. False when it does
+        not fit even so: nothing is queued, and the caller closes the viewer."""
+        if self._size + len(data) > self.limit + self.control_slack:
+            return False
         self._append(data, now)
+        return True
+
+    def push_pong(self, data: bytes, now: float) -> None:
+        """Queue a pong: it replaces a waiting one that has not started going out, and goes
+        out at the next frame boundary, ahead of queued chunks."""
+        if not data:
+            return
+        if self._pong is not None:
+            self._size -= len(self._pong)
+            self.pongs_replaced += 1
+        elif self._size == 0:
+            self._progress_at = now  # the stuck clock starts when bytes start waiting
+        self._pong = data
+        self._size += len(data)
 
     def peek(self) -> bytes | memoryview:
         """The next bytes to write (a view into the first chunk)."""
+        if self._pong is not None and self._offset == 0:
+            return self._pong
         if not self._chunks:
             return b""
         first = self._chunks[0]
@@ -81,6 +143,18 @@ class OutboundQueue:
             return
         self._progress_at = now
         self._size -= n
+        pong = self._pong
+        if pong is not None and self._offset == 0:
+            # peek() offered the waiting pong. Partly written, it becomes the chunk in
+            # progress (no longer replaceable); a later pong waits in the slot again.
+            self._pong = None
+            if n < len(pong):
+                if self._chunks is None:
+                    self._chunks = [pong]
+                else:
+                    self._chunks.insert(0, pong)
+                self._offset = n
+            return
         chunks = self._chunks
         assert chunks is not None
         self._offset += n
@@ -110,9 +184,10 @@ class OutboundQueue:
     def _append(self, data: bytes, now: float) -> None:
         if not data:
             return
+        if self._size == 0:
+            self._progress_at = now  # the stuck clock starts when bytes start waiting
         if self._chunks is None:
             self._chunks = [data]
-            self._progress_at = now  # the stuck clock starts when bytes start waiting
         else:
             self._chunks.append(data)
         self._size += len(data)

@@ -35,6 +35,17 @@ class Metrics:
         self.writes = Counter("livecomments_writes", "Batches written to viewers", registry=r)
         self.drops = Counter("livecomments_dropped_comments", "Comments dropped for slow viewers", registry=r)
         self.stuck_disconnects = Counter("livecomments_stuck_disconnects", "Viewers disconnected for making no progress", registry=r)
+        self.overflow_disconnects = Counter(
+            "livecomments_overflow_disconnects", "Viewers disconnected because even a control frame did not fit", registry=r
+        )
+        self.ws_reads_paused = Counter(
+            "livecomments_ws_reads_paused",
+            "Times a WebSocket client's input was left unread until the socket took our answers",
+            registry=r,
+        )
+        self.ws_refused = Counter(
+            "livecomments_ws_refused", "WebSocket client messages refused or closed on (by reason)", ["reason"], registry=r
+        )
         self.connections = Counter("livecomments_connections", "Stream connections accepted", ["transport"], registry=r)
         self.removals = Counter("livecomments_removals", "Comments removed", registry=r)
         self.mode_changes = Counter("livecomments_mode_changes", "Fan-out mode changes", ["to"], registry=r)
@@ -62,6 +73,12 @@ class Metrics:
 
     def stuck(self) -> None:
         self.stuck_disconnects.inc()
+
+    def overflow(self) -> None:
+        self.overflow_disconnects.inc()
+
+    def reads_paused(self) -> None:
+        self.ws_reads_paused.inc()
 
     def mode_changed(self, video_id: str, old: str, new: str) -> None:
         self.mode_changes.labels(new).inc()

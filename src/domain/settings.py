@@ -44,6 +44,7 @@ class Settings:
     guest_rate_limit: str = attrs.field(default="20/m", validator=_rate, metadata={"help": "guest sign-ins per client address", "kind": str})
     guest_post_rate_limit: str = attrs.field(default="10/10s", validator=_rate_or_off, metadata={"help": "comments per client address from guest tokens (all its guests together; IPv6 by /64; off: no limit)", "kind": str})
     reaction_rate_limit: str = attrs.field(default="30/10s", validator=_rate, metadata={"help": "reactions per user (N/period)", "kind": str})
+    ws_resume_rate: str = attrs.field(default="5/10s", validator=_rate, metadata={"help": "WebSocket resume messages per connection (N/period); more get an error rate_limited", "kind": str})
     moderation_rules: str = _setting("", "blocked words and patterns file for automod (docs/moderation.md); empty: none")
     moderation_queue: int = _setting(10000, "comments waiting for automod; when full, new ones skip moderation", kind=int)
     moderation_workers: int = _setting(2, "automod worker tasks in this process (0: queue only)", kind=int)

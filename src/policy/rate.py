@@ -67,3 +67,19 @@ class Rate:
     def retry_after_header(seconds: float) -> int:
         """Whole seconds for a Retry-After header, never 0 for a refusal."""
         return max(1, math.ceil(seconds - EPS))
+
+
+@attrs.define
+class RateGate:
+    """One owner's own sliding window (a connection's resumes, say): ``rule`` applied to
+    the events of a single key that lives and dies with its owner, so no store and no
+    key bound are needed. At most ``rule.count`` event times are kept."""
+
+    rule: Rate
+    _events: Events = attrs.field(default=(), init=False)
+
+    def take(self, now: float) -> float:
+        """Count one event if the rule allows it (-> 0.0); otherwise count nothing and
+        return the seconds until one would be allowed (> 0)."""
+        allowed, self._events, retry = self.rule.check(self._events, now)
+        return 0.0 if allowed else retry

@@ -7,10 +7,20 @@ waits for the socket to become writable and exits when the queue is empty, or cl
 the connection when the viewer makes no progress for ``stuck_s`` seconds.
 
 ``QueueViewer`` (the ASGI fallback path and WebSocket-over-ASGI) queues every batch and
-wakes the one task that writes through the framework. Its stuck rule is the connection's:
-the framework hands the bytes to Hypercorn, which writes them in a shielded scope, and
-the stream under it (``transport.handoff.GuardedStream``) aborts a write that makes no
-progress for ``stuck_s``; the queue only bounds what waits meanwhile (and drops).
+wakes the one task that writes through the framework.
+
+What goes to a viewer, and what happens when it does not fit:
+- ``open``: the opening (backlog or replay), once, on a clear queue: never dropped;
+- ``deliver``: batches of comments, and answers to what a client asked (replays,
+  errors): dropped whole when they do not fit, counted as missed, told with ``gap``;
+- ``control``: small server-originated frames (mode, goaway, remove for an author,
+  close): never dropped, bounded by the queue's control slack; past it the viewer is
+  closed (see ``OutboundQueue.push_control``);
+- ``pong``: at most one waits; a newer one replaces it.
+``QueueViewer``'s stuck rule is the connection's: the framework hands the bytes to
+Hypercorn, which writes them in a shielded scope, and the stream under it
+(``transport.handoff.GuardedStream``) aborts a write that makes no progress for
+``stuck_s``; the queue only bounds what waits meanwhile (and drops).
 """
 
 from __future__ import annotations
@@ -48,8 +58,13 @@ class Viewer:
     def deliver(self, data: bytes, comments: int, now: float) -> None:
         raise NotImplementedError
 
+    def open(self, data: bytes, now: float) -> None:
+        """The opening bytes (backlog or replay): never dropped."""
+        raise NotImplementedError
+
     def control(self, data: bytes, now: float) -> None:
-        """A small control frame that must not be dropped (mode, goaway)."""
+        """A small server-originated frame that must not be dropped (mode, goaway, close);
+        a viewer too far behind to take it is closed."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -60,7 +75,7 @@ class Viewer:
 
 
 class SocketViewer(Viewer):
-    __slots__ = ("draining", "nursery", "sock", "stats")
+    __slots__ = ("_drained", "draining", "nursery", "sock", "stats")
 
     def __init__(
         self,
@@ -77,6 +92,7 @@ class SocketViewer(Viewer):
         self.nursery = nursery
         self.draining = False
         self.stats = stats
+        self._drained: trio.Event | None = None  # set when the queue clears (the reader waits on it)
 
     def deliver(self, data: bytes, comments: int, now: float) -> None:
         if self.closed:
@@ -95,7 +111,14 @@ class SocketViewer(Viewer):
             self.close()
             return
         if n < len(data):
-            q.push_rest(data[n:], now)
+            q.push_rest(data, now, written=n)
+            self._drain()
+
+    def open(self, data: bytes, now: float) -> None:
+        if self.queue.clear:
+            self.deliver(data, 0, now)  # written at once; an unsent tail is queued whole
+        elif not self.closed:
+            self.queue.push_rest(data, now)
             self._drain()
 
     def control(self, data: bytes, now: float) -> None:
@@ -103,9 +126,34 @@ class SocketViewer(Viewer):
             return
         if self.queue.clear:
             self.deliver(data, 0, now)
-        else:
-            self.queue.push_control(data, now)
+        elif self.queue.push_control(data, now):
             self._drain()
+        else:
+            # Even a control frame does not fit: this viewer has not read for a long
+            # while. Nothing more would reach it in order; reconnecting is its way back.
+            self.stats.overflow()
+            self.abort()
+
+    def pong(self, data: bytes, now: float) -> None:
+        """A WebSocket pong: at once if nothing waits, else the one waiting pong."""
+        if self.closed or not data:
+            return
+        if self.queue.clear:
+            self.deliver(data, 0, now)
+        else:
+            self.queue.push_pong(data, now)
+            self._drain()
+
+    async def wait_drained(self) -> None:
+        """Return once the socket took everything queued for this viewer (at once when it
+        did already). The connection's reader waits here before it reads more input:
+        a client that does not read our answers gets nothing more read."""
+        if self.queue.full and not self.closed:
+            self.stats.reads_paused()
+        while self.queue.full and not self.closed:
+            if self._drained is None:
+                self._drained = trio.Event()
+            await self._drained.wait()
 
     def abort(self) -> None:
         """Close with a reset, not a FIN. A FIN would queue behind the unsent bytes of a
@@ -156,6 +204,9 @@ class SocketViewer(Viewer):
                     await trio.sleep(DRAIN_PAUSE_S)
         finally:
             self.draining = False
+            if self._drained is not None:
+                self._drained.set()
+                self._drained = None
 
 
 class QueueViewer(Viewer):
@@ -175,10 +226,18 @@ class QueueViewer(Viewer):
             self.stats.dropped(comments)
         self.wake.set()
 
-    def control(self, data: bytes, now: float) -> None:
+    def open(self, data: bytes, now: float) -> None:
         if not self.closed and data:
-            self.queue.push_control(data, now)
+            self.queue.push_rest(data, now)  # the one opening: never dropped
             self.wake.set()
+
+    def control(self, data: bytes, now: float) -> None:
+        if self.closed or not data:
+            return
+        if not self.queue.push_control(data, now):
+            self.stats.overflow()
+            self.close()
+        self.wake.set()
 
     def close(self) -> None:
         super().close()

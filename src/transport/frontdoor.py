@@ -15,20 +15,25 @@ Every role mounts it. Every connection starts here: h11 reads each request head,
 
 from __future__ import annotations
 
+import base64
+import binascii
 import errno
 import json
 import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
+    Event,
     Message,
     Ping,
     RejectConnection,
@@ -40,20 +45,25 @@ from wsproto.utilities import RemoteProtocolError
 
 from domain.errors import BadRequest, LivecommentsError, PayloadTooLarge
 from domain.identity import TokenIssuer
+from domain.ids import MAX_ID
 from domain.metrics import Metrics
 from domain.params import parse_id, stream_params
 from domain.settings import Settings
 from ingest.posting import PostPipeline
+from policy.rate import Rate, RateGate
 from rms.frames import Encoding, chunk, control, join
 from rms.room import Room, Rooms
-from rms.viewer import SocketViewer
+from rms.viewer import DRAIN_PAUSE_S, SocketViewer
 
 log = logging.getLogger("livecomments.frontdoor")
 
 STREAM_PATH = re.compile(r"^/v1/videos/([^/]*)/(events|ws)$")
 POST_PATH = re.compile(r"^/v1/videos/([^/]*)/comments$")
 HEAD_LIMIT = 16 * 1024  # bytes of request head we accept before answering 431
-WS_MESSAGE_LIMIT = 4096
+WS_MESSAGE_LIMIT = 4096  # bytes (UTF-8) of one client message, its fragments together; past it: close 1009
+WS_MAX_FRAGMENTS = 64  # frames of one client message; past it: close 1008 (an empty frame costs work too)
+WS_EVENTS_PER_ROUND = 64  # client frames handled before the reader yields and waits for its answers to drain
+WS_VERSION = b"13"
 LINGER_S = 2.0  # after an answer with Connection: close, read what is in flight this long
 LINGER_BYTES = 1024 * 1024  # ... and at most this much
 RECV = 65536
@@ -234,7 +244,7 @@ class FrontDoor:
                 if m.group(2) == "events":
                     return await self._sse(sock, conn, video_id, query, headers)
                 if headers.get(b"upgrade", b"").lower() == b"websocket":
-                    return await self._websocket(sock, bytes(raw), video_id, query)
+                    return await self._websocket(sock, bytes(raw), video_id, query, headers)
             p = POST_PATH.match(split.path)
             if p and request.method == b"POST" and lean and self.pipeline is not None:
                 if not await self._post(sock, conn, request, unquote(p.group(1))):
@@ -387,13 +397,21 @@ class FrontDoor:
 
     # -- WebSocket ------------------------------------------------------------------------
 
-    async def _websocket(self, sock: socket.socket, raw: bytes, video_id: str, query: dict[str, str]) -> Opened | None:
+    async def _websocket(
+        self, sock: socket.socket, raw: bytes, video_id: str, query: dict[str, str], headers: dict[bytes, bytes]
+    ) -> Opened | None:
+        refused = _check_ws_handshake(headers)
+        if refused is not None:
+            await _send_all(sock, refused)
+            await _lingering_close(sock)
+            return None
         ws = WSConnection(ConnectionType.SERVER)
         try:
             ws.receive_data(raw)
             request = next((e for e in ws.events() if isinstance(e, Request)), None)
         except RemoteProtocolError as e:
             await _send_all(sock, _plain_response(400, "bad_websocket_handshake", str(e)))
+            await _lingering_close(sock)
             return None
         if request is None:
             return None
@@ -417,49 +435,97 @@ class FrontDoor:
             return None
         return room, user_id, Encoding.WS, ws.send(AcceptConnection()) + first, ws
 
-    async def _ws_input(self, ws: WSConnection, viewer: SocketViewer, room: Room, data: bytes, buf: list[str]) -> bool:
-        """Handle client frames; False when the connection should end."""
-        ws.receive_data(data or None)
-        now = trio.current_time()
-        for event in ws.events():
-            if isinstance(event, TextMessage):
-                buf.append(event.data)
-                if sum(map(len, buf)) > WS_MESSAGE_LIMIT:
-                    viewer.control(ws.send(CloseConnection(code=1009, reason="message too big")), now)
-                    return False
-                if event.message_finished:
-                    text, buf[:] = "".join(buf), []
-                    await self._ws_command(ws, viewer, room, text)
-            elif isinstance(event, Ping):
-                viewer.control(ws.send(event.response()), now)
-            elif isinstance(event, CloseConnection):
-                try:
-                    viewer.control(ws.send(event.response()), now)
-                except Exception:
-                    pass
-                return False
-            elif isinstance(event, Message):
-                viewer.control(ws.send(CloseConnection(code=1003, reason="text frames only")), now)
-                return False
-        return data != b""
+    async def _ws_input(self, client: WsClient, data: bytes) -> bool:
+        """Handle what the client sent; False when the connection should end.
 
-    async def _ws_command(self, ws: WSConnection, viewer: SocketViewer, room: Room, text: str) -> None:
+        At most ``WS_EVENTS_PER_ROUND`` frames are handled at a time; between rounds the
+        reader yields and waits until the socket took our answers, so one read of tiny
+        frames cannot hold the loop, and a client that does not read its answers gets
+        nothing more read. A resume runs after the round that asked for it (a newer one
+        in the same round replaces it)."""
+        ws = client.ws
+        ws.receive_data(data or None)
+        while True:
+            handled = 0
+            for event in ws.events():
+                if not self._ws_event(client, event):
+                    return False
+                handled += 1
+                if handled >= WS_EVENTS_PER_ROUND:
+                    break  # wsproto keeps the rest buffered; the next round parses it
+            if client.resume_after is not None:
+                await self._ws_resume(client)
+            if handled < WS_EVENTS_PER_ROUND:
+                return data != b""
+            await trio.lowlevel.checkpoint()
+            await client.viewer.wait_drained()
+
+    def _ws_event(self, client: WsClient, event: Event) -> bool:
+        """One client event; False when the connection should end (a close frame queued)."""
+        ws, viewer = client.ws, client.viewer
         now = trio.current_time()
-        try:
+        if isinstance(event, TextMessage):
+            problem = client.add(event.data, event.frame_finished)
+            if problem is not None:
+                code, reason = problem
+                self.metrics.ws_refused.labels("too_many_fragments" if code == 1008 else "message_too_big").inc()
+                viewer.control(ws.send(CloseConnection(code=code, reason=reason)), now)
+                return False
+            if event.message_finished:
+                self._ws_command(client, client.take(), now)
+        elif isinstance(event, Ping):
+            viewer.pong(ws.send(event.response()), now)
+        elif isinstance(event, CloseConnection):
             try:
-                msg = json.loads(text)
-            except ValueError:
-                raise ValueError("messages are JSON objects") from None
-            if not isinstance(msg, dict) or msg.get("type") != "resume":
-                raise ValueError("unknown message: send {\"type\": \"resume\", \"after\": \"<id>\"}")
-            after = parse_id(str(msg.get("after", "")), "after")
-        except (ValueError, LivecommentsError) as e:
-            detail = e.detail if isinstance(e, LivecommentsError) else str(e)
-            viewer.control(control("error", {"error": "bad_request", "detail": detail}, Encoding.WS), now)
+                viewer.control(ws.send(event.response()), now)
+            except Exception:
+                pass
+            return False
+        elif isinstance(event, Message):
+            viewer.control(ws.send(CloseConnection(code=1003, reason="text frames only")), now)
+            return False
+        return True
+
+    def _ws_command(self, client: WsClient, text: str, now: float) -> None:
+        """One whole client message: a resume is checked, rate-limited and left for the
+        end of the round; anything else is answered with an ``error`` message."""
+        try:
+            msg = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+            client.error("invalid_json", "messages are JSON objects", now)
             return
-        reset, entries = await room.catch_up(after, self.settings.backlog, viewer.user_id)
+        if not isinstance(msg, dict) or msg.get("type") != "resume":
+            client.error("bad_request", 'unknown message: send {"type": "resume", "after": "<id>"}', now)
+            return
+        try:
+            after = _cursor(msg.get("after"))
+        except LivecommentsError as e:
+            client.error(e.code, e.detail, now)
+            return
+        wait = client.resumes.take(now)
+        if wait > 0:
+            self.metrics.ws_refused.labels("resume_rate_limited").inc()
+            retry = Rate.retry_after_header(wait)
+            client.error("rate_limited", f"too many resumes: at most {self.settings.ws_resume_rate}", now, retry_after=retry)
+            return
+        client.resume_after = after  # replaces one asked for earlier in this round
+
+    async def _ws_resume(self, client: WsClient) -> None:
+        after, client.resume_after = client.resume_after, None
+        assert after is not None
+        viewer = client.viewer
+        try:
+            reset, entries = await client.room.catch_up(after, self.settings.backlog, viewer.user_id)
+        except Exception as e:  # the store failing must not end the stream
+            log.warning("resume from %d failed: %s", after, e)
+            client.error("unavailable", "the replay is not available right now; try again", trio.current_time())
+            return
         data = control("reset", {}, Encoding.WS) if reset else b""
-        viewer.control(data + join(entries, Encoding.WS), now)
+        data += join(entries, Encoding.WS)
+        if data:
+            # An answer, not a control frame: when it does not fit it is dropped like a
+            # batch of comments, and the next gap notice counts its comments as missed.
+            viewer.deliver(data, len(entries), trio.current_time())
 
     # -- both -----------------------------------------------------------------------------
 
@@ -478,11 +544,15 @@ class FrontDoor:
         self.metrics.connections.labels("ws" if ws else "sse").inc()
         with trio.CancelScope() as scope:
             viewer.scope = scope
-            viewer.control(first, trio.current_time())
+            viewer.open(first, trio.current_time())
             room.join(viewer)
+            client = WsClient(ws, viewer, room, Rate.from_text(s.ws_resume_rate)) if ws is not None else None
             try:
-                ws_buf: list[str] = []
                 while not viewer.closed:
+                    if client is not None:
+                        # If we cannot write to it, we do not read from it: answers to
+                        # what it sends could only pile up.
+                        await viewer.wait_drained()
                     await trio.lowlevel.wait_readable(sock)
                     try:
                         data = sock.recv(RECV)
@@ -490,20 +560,32 @@ class FrontDoor:
                         continue
                     except OSError:
                         break
-                    if ws is not None:
-                        if not await self._ws_input(ws, viewer, room, data, ws_buf):
+                    if client is not None:
+                        if not await self._ws_input(client, data):
                             break
                     elif not data:
                         break  # the viewer went away; anything it sends is ignored
             finally:
                 room.leave(viewer)
                 viewer.close()
-        if ws is not None and not viewer.queue.empty:
-            # Let a close frame we queued go out, briefly.
+        if ws is not None:
+            q = viewer.queue
+            # Let a close frame we queued go out, briefly. (Polled: the viewer's drainer
+            # may still be parked in wait_writable on this socket.)
             with trio.move_on_after(1):
-                while not viewer.queue.empty:
-                    await trio.lowlevel.wait_writable(sock)
-                    viewer.queue.consume(sock.send(viewer.queue.peek()), trio.current_time())
+                while not q.empty:
+                    try:
+                        n = sock.send(q.peek())
+                    except BlockingIOError:
+                        n = 0
+                    if n:
+                        q.consume(n, trio.current_time())
+                    else:
+                        await trio.sleep(DRAIN_PAUSE_S)
+            if q.empty and ws.state is ConnectionState.LOCAL_CLOSING:
+                # We closed (a message too big, too many fragments): half-close and drop
+                # what the client still sends, so our close frame is not lost to a reset.
+                await _lingering_close(sock)
 
 
 async def _recv(sock: socket.socket) -> bytes:
@@ -549,11 +631,82 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
             view = view[n:]
 
 
-def _plain_response(status: int, code: str, detail: str) -> bytes:
-    """A whole JSON error response for a connection that has no h11 state to use."""
+def _plain_response(status: int, code: str, detail: str, extra: bytes = b"") -> bytes:
+    """A whole JSON error response for a connection that has no h11 state to use
+    (``extra``: more header lines, each ending in CRLF)."""
     body = json.dumps({"error": code, "detail": detail}).encode()
-    reason = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}.get(status, b"Error")
+    reason = {400: b"Bad Request", 426: b"Upgrade Required", 431: b"Request Header Fields Too Large"}.get(status, b"Error")
     return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-        % (status, reason, len(body), body)
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
+        % (status, reason, len(body), extra, body)
     )
+
+
+def _check_ws_handshake(headers: dict[bytes, bytes]) -> bytes | None:
+    """The answer refusing a WebSocket handshake whose version or key is wrong (RFC 6455
+    4.2.1-4.2.2), or None. A version other than 13 is told which one we speak (426); a
+    key must be 16 bytes in base64."""
+    version = headers.get(b"sec-websocket-version")
+    if version != WS_VERSION:
+        supported = b"sec-websocket-version: " + WS_VERSION + b"\r\n"
+        if version is None:
+            return _plain_response(400, "bad_websocket_handshake", "missing Sec-WebSocket-Version (13)", supported)
+        return _plain_response(426, "unsupported_websocket_version", "this server speaks WebSocket version 13", supported)
+    key = headers.get(b"sec-websocket-key", b"")
+    try:
+        valid = len(key) == 24 and len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        return _plain_response(400, "bad_websocket_handshake", "Sec-WebSocket-Key must be 16 random bytes in base64")
+    return None
+
+
+def _cursor(value: object) -> int:
+    """The ``after`` of a resume: an id as a string (the contract) or a JSON number."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+        value = str(value)
+    if not isinstance(value, str):
+        raise BadRequest("after must be a comment id (decimal digits)", code="invalid_cursor")
+    return parse_id(value, "after")
+
+
+class WsClient:
+    """One WebSocket connection's input side: the message being assembled (its size and
+    frame count bounded), the resume rate and the resume waiting to run."""
+
+    __slots__ = ("frames", "parts", "resume_after", "resumes", "room", "size", "viewer", "ws")
+
+    def __init__(self, ws: WSConnection, viewer: SocketViewer, room: Room, resume_rule: Rate) -> None:
+        self.ws = ws
+        self.viewer = viewer
+        self.room = room
+        self.parts: list[str] = []
+        self.size = 0  # UTF-8 bytes of the message so far (a running count: no re-summing)
+        self.frames = 0  # frames of the message so far
+        self.resumes = RateGate(resume_rule)
+        self.resume_after: int | None = None  # the resume to run at the end of the round
+
+    def add(self, data: str, frame_finished: bool) -> tuple[int, str] | None:
+        """Add a piece of the current message; (close code, reason) when it breaks a limit."""
+        self.size += len(data) if data.isascii() else len(data.encode())
+        if self.size > WS_MESSAGE_LIMIT:
+            return 1009, "message too big"
+        if frame_finished:
+            self.frames += 1
+            if self.frames > WS_MAX_FRAGMENTS:
+                return 1008, "too many fragments"
+        if data:
+            self.parts.append(data)
+        return None
+
+    def take(self) -> str:
+        """The whole message, and start the next."""
+        text = "".join(self.parts)
+        self.parts, self.size, self.frames = [], 0, 0
+        return text
+
+    def error(self, code: str, detail: str, now: float, **extra: Any) -> None:
+        """Answer with an ``error`` message. An answer, so it is dropped when it does not
+        fit (and the reader stops reading this client until its queue drains)."""
+        self.viewer.deliver(control("error", {"error": code, "detail": detail, **extra}, Encoding.WS), 0, now)

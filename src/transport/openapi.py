@@ -26,6 +26,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "Body too large",
         415: "Not JSON",
         422: "Invalid comment",
+        426: "WebSocket version other than 13 (Sec-WebSocket-Version: 13 says which one)",
         429: "Rate limited (Retry-After header)",
         503: "Temporarily unavailable (Retry-After header)",
     }
@@ -133,7 +134,7 @@ def openapi(s: Settings) -> dict[str, Any]:
             },
             "/v1/videos/{video_id}/ws": {
                 "parameters": [VIDEO],
-                "get": {"summary": "WebSocket carrying the same events as JSON text frames", "responses": {"101": _resp("Switching protocols"), **_errors(400, 401, 404)}},
+                "get": {"summary": "WebSocket carrying the same events as JSON text frames", "responses": {"101": _resp("Switching protocols"), **_errors(400, 401, 404, 426)}},
             },
             "/v1/videos/{video_id}/snapshot.json": {
                 "parameters": [VIDEO],

@@ -37,7 +37,7 @@ async def events(video_id: str) -> Response:
     params = stream_params(s, svc.issuer, video_id, request.args, request.headers.get("Last-Event-ID"))
     room, user_id, first = await _rooms().open_stream(params, Encoding.SSE_PLAIN)
     viewer = QueueViewer(user_id, Encoding.SSE_PLAIN, s.viewer_buffer, s.stuck_s, svc.metrics)
-    viewer.control(first, trio.current_time())
+    viewer.open(first, trio.current_time())
     room.join(viewer)
     svc.metrics.connections.labels("sse-asgi").inc()
     # The stuck rule: Hypercorn writes each chunk inside a shielded scope, so only the

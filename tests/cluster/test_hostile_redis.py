@@ -17,8 +17,8 @@ from adapters.sqlite.store import SqliteStore
 from domain.errors import RateLimited
 from domain.identity import Identity
 from domain.metrics import Metrics
-from ingest.service import CommentService
 from domain.settings import Settings
+from ingest.service import CommentService
 from tests.cluster.test_redis_parts import comment
 
 

@@ -27,6 +27,12 @@ def test_defaults_with_nothing_set() -> None:
     assert (s.port, s.rate_limit, s.guest_signin, s.store) == (8000, "5/10s", True, "sqlite")
 
 
+def test_the_websocket_resume_rate_is_a_setting() -> None:
+    assert Settings().ws_resume_rate == "5/10s"
+    assert load(parse("--ws-resume-rate", "2/60s"), {}).ws_resume_rate == "2/60s"
+    assert load(parse(), {"LIVECOMMENTS_WS_RESUME_RATE": "1/s"}).ws_resume_rate == "1/s"
+
+
 def test_the_environment_is_read_only_when_given() -> None:
     assert load(None, {}) == Settings()
 
@@ -120,7 +126,7 @@ def test_bad_flags_raise_with_the_flag_name(flag: str, text: str) -> None:
         load(parse(flag, text), {})
 
 
-@pytest.mark.parametrize("name", ["rate_limit", "guest_rate_limit", "guest_post_rate_limit", "reaction_rate_limit"])
+@pytest.mark.parametrize("name", ["rate_limit", "guest_rate_limit", "guest_post_rate_limit", "reaction_rate_limit", "ws_resume_rate"])
 @pytest.mark.parametrize("text", ["fast", "0/s", "5/0s", "5/10x"])
 def test_bad_rates_raise_with_the_setting_s_name(name: str, text: str) -> None:
     with pytest.raises(ValueError, match=name):

@@ -3,13 +3,14 @@ from fresh, exact retry_after, refusals count nothing, parse_rate."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from policy.rate import EPS, Events, Rate, parse_rate
+from policy.rate import EPS, Events, Rate, RateGate, parse_rate
 
 # Times as the shells pass them: trio.current_time() starts at a large random offset.
 times = st.floats(0.0, 2e5, allow_nan=False, allow_infinity=False)
@@ -355,3 +356,29 @@ def test_parse_rate_either_parses_to_a_positive_rate_or_raises_value_error(text:
         return
     assert text.isascii()
     assert count >= 1 and period > 0 and math.isfinite(period)
+
+
+@settings(max_examples=150, deadline=None)
+@example(rule=Rate(5, 10.0), start=0.0, steps=[0.0] * 8 + [2.0] * 8)  # the WebSocket resume default
+@given(rules, times, gaps)
+def test_a_gate_is_the_sliding_window_of_its_one_owner(rule: Rate, start: float, steps: list[float]) -> None:
+    """RateGate (a connection's resumes): the same decisions as the definition over its
+    whole history, never more than ``count`` in a period, a bounded state, and a wait
+    that is honest (retrying exactly then is allowed)."""
+    gate = RateGate(rule)
+    history: list[float] = []
+    now = start
+    for dt in steps:
+        now += dt
+        ok, retry = brute_force(rule, history, now)
+        wait = gate.take(now)
+        assert wait == retry
+        assert (wait == 0.0) == ok
+        if ok:
+            history.append(now)
+        else:
+            assert wait > 0.0
+            assert copy.copy(gate).take(now + wait) == 0.0
+        assert len(gate._events) <= rule.count
+    for i in range(len(history) - rule.count):
+        assert history[i + rule.count] - history[i] >= rule.period - SLACK
