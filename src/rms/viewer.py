@@ -6,8 +6,9 @@ when the kernel buffer is full does the rest go to the viewer's bounded
 waits for the socket to become writable and exits when the queue is empty, or closes
 the connection when the viewer makes no progress for ``stuck_s`` seconds.
 
-``QueueViewer`` (the ASGI fallback path and WebSocket-over-ASGI) queues every batch and
-wakes the one task that writes through the framework.
+``QueueViewer`` (Quart's SSE route, for a stream request on a connection Hypercorn
+already owns) queues every batch and wakes the one task that writes through the
+framework.
 
 What goes to a viewer, and what happens when it does not fit:
 - ``open``: the opening (backlog or replay), once, on a clear queue: never dropped;
@@ -17,6 +18,7 @@ What goes to a viewer, and what happens when it does not fit:
   close): never dropped, bounded by the queue's control slack; past it the viewer is
   closed (see ``OutboundQueue.push_control``);
 - ``pong``: at most one waits; a newer one replaces it.
+
 ``QueueViewer``'s stuck rule is the connection's: the framework hands the bytes to
 Hypercorn, which writes them in a shielded scope, and the stream under it
 (``transport.handoff.GuardedStream``) aborts a write that makes no progress for
