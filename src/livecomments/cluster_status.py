@@ -318,7 +318,7 @@ def _load_text(role: str, load: dict[str, Any]) -> str:
         )
     if role in ("persist", "moderate"):
         lag = load.get("lag")
-        return f"lag {'?' if lag is None else lag}, pending {load.get('pending', 0)}, stream {load.get('stream_entries', 0)}"
+        return f"lag {'?' if lag is None else lag}, pending {load.get('pending', 0)}, in stream {load.get('stream_entries', 0)}"
     if role == "redis":
         return f"clients {load.get('clients')}, ops/s {load.get('ops_per_s')}, memory {load.get('memory')}"
     return ""
