@@ -129,7 +129,26 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--run-dir", default=None, help="directory for configs, logs, data (default: a new temp dir)")
     up.add_argument("--tls", action="store_true", help="edge speaks HTTPS + HTTP/2 with a self-signed certificate")
     up.add_argument("--no-persist", action="store_true", help="do not start the persist worker")
+    up.add_argument(
+        "--restart-backoff-s", type=float, default=0.5,
+        help="delay before restarting a process that died (default 0.5); doubles while it keeps dying",
+    )
+    up.add_argument(
+        "--restart-backoff-max-s", type=float, default=30.0, help="longest delay before a restart (default 30)"
+    )
+    up.add_argument(
+        "--redis-appendfsync", choices=("always", "everysec"), default="always",
+        help="fsync policy of the Redis started here (default always: no acknowledged comment lost if Redis dies)",
+    )
     up.set_defaults(func=_cluster)
+    status = csub.add_parser("status", help="each process of a running cluster: role, health, load, restarts")
+    status.add_argument(
+        "--run-dir", default=None,
+        help="the cluster's run directory (default: the newest livecomments-cluster-* in the temp dir)",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--timeout-s", type=float, default=2.0, help="limit on each probe (default 2)")
+    status.set_defaults(func=_cluster)
 
     db = sub.add_parser("db", help="database schema")
     dsub = db.add_subparsers(dest="db_command", required=True)

@@ -5,9 +5,18 @@ It starts Redis (unless ``--redis-url`` names one), ``--ingest`` ingest nodes an
 worker, and nginx with ``deploy/nginx/edge.conf``; waits until each answers; prints what
 runs where and then ``edge: http://127.0.0.1:P``. SIGINT or SIGTERM stops everything in
 order: the edge, the rms nodes (which send ``goaway`` and drain), ingest, persist, Redis.
-A node that dies meanwhile is reported, not restarted (failure drills kill nodes on
-purpose). Everything (configs, logs, the SQLite cold store, Redis' append-only file)
-lives in the run directory, also described in ``cluster.json`` there.
+Everything (configs, logs, the SQLite cold store, Redis' append-only file) lives in the
+run directory, also described in ``cluster.json`` there (``livecomments cluster status``
+reads it).
+
+Supervision: a process that exits while the cluster runs (a node, the Redis started
+here, nginx) is restarted with the same command line: the same port (the edge's upstream
+list stays valid), node id, worker id and data. The delay comes from
+``policy.restart.RestartPolicy``: ``--restart-backoff-s`` at first, doubling for each
+death soon after a restart, capped at ``--restart-backoff-max-s``, never giving up. Each
+death is one log line (name, pid, exit code or signal, uptime, restart count, delay);
+``cluster.json`` gets the new pid and the counts. Once SIGINT or SIGTERM arrived nothing
+is restarted.
 
 Children get ``LIVECOMMENTS_*`` settings from this process' environment (so
 ``LIVECOMMENTS_RATE_LIMIT=... livecomments cluster up`` applies to every node), plus
@@ -20,18 +29,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
+
+from policy.backoff import Backoff
+from policy.restart import RestartPolicy
 
 READY_TIMEOUT_S = 60.0
 
@@ -134,8 +148,14 @@ class Child:
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     exited: int | None = None
+    restarts: int = 0  # restarts so far
+    attempt: int = 0  # quick deaths in a row (RestartPolicy's count)
+    last_exit: str = ""  # "killed by SIGKILL", "exited with code 1"
+    started_at: float = 0.0  # time.monotonic() of the last start
+    started_wall: float = 0.0  # time.time() of the last start
 
     def start(self) -> None:
+        self.started_at, self.started_wall = time.monotonic(), time.time()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -156,6 +176,15 @@ class Child:
             except ProcessLookupError:
                 pass
 
+    def describe(self) -> dict[str, Any]:
+        """What ``cluster.json`` says of this process besides its address."""
+        return {
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit or None,
+            "started_at": round(self.started_wall, 3),
+        }
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "".join(Path(self.log).read_text(errors="replace").splitlines(keepends=True)[-lines:])
@@ -175,6 +204,13 @@ class Cluster:
         self.nginx: Child | None = None
         self.edge_url = ""
         self.stopping = False
+        self._waiters: trio.CapacityLimiter | None = None  # threads waiting for exits (no pidfd)
+        first = float(getattr(args, "restart_backoff_s", 0.5))
+        cap = float(getattr(args, "restart_backoff_max_s", 30.0))
+        if not 0 < first <= cap:
+            raise ValueError("need 0 < --restart-backoff-s <= --restart-backoff-max-s")
+        self.restart_policy = RestartPolicy(Backoff(initial_s=first, max_s=cap, factor=2.0, jitter=0.2))
+        self.appendfsync = str(getattr(args, "redis_appendfsync", "always"))
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -202,8 +238,11 @@ class Cluster:
         self.redis_url = f"redis://127.0.0.1:{port}"
         cmd = [
             exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no",
-            # Accepted comments wait in Redis for the persist worker: keep them across a restart.
-            "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data),
+            # Accepted comments wait in Redis for the persist worker: keep them across a
+            # restart. With "always" Redis writes and fsyncs the AOF before it answers, so
+            # an acknowledged comment survives a SIGKILL of Redis, even of the machine;
+            # "everysec" may lose acknowledged writes (docs/operations.md, Failures).
+            "--appendonly", "yes", "--appendfsync", self.appendfsync, "--dir", str(data),
         ]
         self.redis = Child("redis", "redis", cmd, dict(os.environ), str(self.run_dir / "logs" / "redis.log"),
                            url=self.redis_url, port=port)
@@ -307,21 +346,47 @@ class Cluster:
     # -- reporting ------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
+        redis: dict[str, Any] = {
+            "url": self.redis_url,
+            "pid": None,
+            "started_here": self.redis is not None,
+            "prefix": os.environ.get("LIVECOMMENTS_REDIS_PREFIX", "lc"),
+            "shards": int(os.environ.get("LIVECOMMENTS_REDIS_SHARDS", "1") or 1),
+        }
+        if self.redis is not None:
+            redis.update(self.redis.describe(), port=self.redis.port, log=self.redis.log, appendfsync=self.appendfsync)
+        nginx: dict[str, Any] = {
+            "pid": None,
+            "config": str(self.run_dir / "nginx" / "edge.conf"),
+            "access_log": str(self.run_dir / "nginx" / "access.log"),
+        }
+        if self.nginx is not None:
+            nginx.update(self.nginx.describe(), url=self.edge_url, port=self.nginx.port, log=self.nginx.log)
+        backoff = self.restart_policy.backoff
         return {
             "run_dir": str(self.run_dir),
             "edge": self.edge_url,
-            "redis": {"url": self.redis_url, "pid": self.redis.pid if self.redis else None},
-            "nginx": {
-                "pid": self.nginx.pid if self.nginx else None,
-                "config": str(self.run_dir / "nginx" / "edge.conf"),
-                "access_log": str(self.run_dir / "nginx" / "access.log"),
+            "supervisor": {
+                "pid": os.getpid(),
+                "restart_backoff_s": backoff.initial_s,
+                "restart_backoff_max_s": backoff.max_s,
+                "stable_s": self.restart_policy.stable_s,
             },
+            "redis": redis,
+            "nginx": nginx,
             "nodes": [
-                {"name": c.name, "role": c.role, "url": c.url, "port": c.port, "pid": c.pid, "log": c.log}
+                {"name": c.name, "role": c.role, "url": c.url, "port": c.port, "log": c.log, **c.describe()}
                 for c in self.children
             ],
             "data_dir": str(self.run_dir / "data"),
         }
+
+    def save(self) -> None:
+        """Write ``cluster.json`` (atomically: ``cluster status`` may be reading it)."""
+        path = self.run_dir / "cluster.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.describe(), indent=2))
+        os.replace(tmp, path)
 
     def report(self) -> None:
         def rel(path: str) -> str:
@@ -343,12 +408,62 @@ class Cluster:
 
     # -- running and stopping -------------------------------------------------------------------
 
-    async def _watch(self, child: Child) -> None:
-        assert child.proc is not None
-        code = await trio.to_thread.run_sync(child.proc.wait, abandon_on_cancel=True)
+    async def _wait_exit(self, child: Child) -> int:
+        """Wait until ``child`` exits; kill what it left in its process group (nginx'
+        workers, a Redis rewrite child) while its pid is still reserved (a zombie), then
+        reap it. Returns Popen's return code (-N: killed by signal N)."""
+        proc = child.proc
+        assert proc is not None
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except ProcessLookupError:  # already reaped (poll() elsewhere)
+            return proc.wait()
+        except (OSError, AttributeError):  # no pidfd (kernel < 5.3): wait in a thread, without reaping
+            fd = -1
+        if fd >= 0:
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)
+        else:
+            await trio.to_thread.run_sync(
+                os.waitid, os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT, abandon_on_cancel=True, limiter=self._waiters
+            )
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        code = proc.wait()
         child.exited = code
-        if not self.stopping:
-            print(f"livecomments cluster: {child.name} (pid {child.pid}) exited with code {code}", flush=True)
+        return code
+
+    async def _supervise(self, child: Child) -> None:
+        """Restart ``child`` whenever it exits, until the cluster stops (which cancels
+        this task first: nothing is restarted once SIGINT or SIGTERM arrived)."""
+        while True:
+            code = await self._wait_exit(child)
+            if self.stopping:
+                return
+            uptime = time.monotonic() - child.started_at
+            delay, child.attempt = self.restart_policy.after_exit(child.attempt, uptime, random.random())
+            child.restarts += 1
+            child.last_exit = describe_exit(code)
+            print(
+                f"livecomments cluster: {child.name} (pid {child.pid}) {child.last_exit} after {uptime:.1f} s;"
+                f" restart {child.restarts} in {delay:.2f} s",
+                flush=True,
+            )
+            self.save()
+            while True:
+                await trio.sleep(delay)
+                try:
+                    child.start()
+                    break
+                except OSError as e:  # fork failed, the executable is gone: try again later
+                    delay, child.attempt = self.restart_policy.after_exit(child.attempt, 0.0, random.random())
+                    print(f"livecomments cluster: {child.name} did not start ({e}); again in {delay:.2f} s", flush=True)
+            print(f"livecomments cluster: {child.name} restarted, pid {child.pid} (restart {child.restarts})", flush=True)
+            self.save()
 
     async def _stop_group(self, children: list[Child], sig: int, grace_s: float) -> None:
         """Signal them all, wait up to ``grace_s`` for them to exit, then kill."""
@@ -360,7 +475,10 @@ class Cluster:
                     await trio.to_thread.run_sync(c.proc.wait, abandon_on_cancel=True)
         for c in children:
             if c.proc is not None and c.proc.poll() is None:
-                c.proc.kill()
+                try:
+                    os.killpg(c.proc.pid, signal.SIGKILL)  # with whatever it started
+                except (ProcessLookupError, PermissionError):
+                    c.proc.kill()
                 await trio.to_thread.run_sync(c.proc.wait)
 
     async def stop(self) -> None:
@@ -383,16 +501,18 @@ class Cluster:
 
                     async def until_signal() -> None:
                         async for _ in signals:
+                            self.stopping = True
                             nursery.cancel_scope.cancel()
                             return
 
                     nursery.start_soon(until_signal)
                     await self.start()
-                    (self.run_dir / "cluster.json").write_text(json.dumps(self.describe(), indent=2))
+                    self.save()
                     self.report()
-                    for c in [*self.children, self.nginx, self.redis]:
-                        if c is not None:
-                            nursery.start_soon(self._watch, c)
+                    supervised = [c for c in [self.redis, *self.children, self.nginx] if c is not None]
+                    self._waiters = trio.CapacityLimiter(len(supervised) + 1)
+                    for c in supervised:
+                        nursery.start_soon(self._supervise, c)
             except* (RuntimeError, OSError, subprocess.CalledProcessError) as group:
                 failed = [str(e) for e in group.exceptions]
             finally:
@@ -405,7 +525,21 @@ class Cluster:
         return 1 if failed else 0
 
 
+def describe_exit(code: int) -> str:
+    """Popen's return code in words: ``killed by SIGKILL`` or ``exited with code 1``."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.cluster_command == "status":
+        from livecomments.cluster_status import main as status_main
+
+        return status_main(args)
     if args.cluster_command != "up":
         raise ValueError(f"unknown cluster command {args.cluster_command!r}")
     return int(trio.run(Cluster(args).run))

@@ -29,9 +29,19 @@ SECRET = "cluster-test-secret-0123456789abcdef"
 
 
 class ClusterProcess:
-    """``livecomments cluster up`` against the session's Redis, with a key prefix of its own."""
+    """``livecomments cluster up`` against the session's Redis, with a key prefix of its own
+    (``redis_url=None``: against a Redis it starts itself). ``args``: more flags."""
 
-    def __init__(self, redis_url: str, prefix: str, *, rms: int, ingest: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        prefix: str,
+        *,
+        rms: int,
+        ingest: int,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.run_dir = Path(tempfile.mkdtemp(prefix="lc-cluster-"))
         self.env = {
             **os.environ,
@@ -43,7 +53,8 @@ class ClusterProcess:
         }
         self.cmd = [
             sys.executable, "-m", "livecomments", "cluster", "up", "--rms", str(rms), "--ingest", str(ingest),
-            "--edge-port", "0", "--redis-url", redis_url, "--run-dir", str(self.run_dir),
+            "--edge-port", "0", "--run-dir", str(self.run_dir),
+            *(["--redis-url", redis_url] if redis_url else []), *(args or []),
         ]
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -84,12 +95,14 @@ class ClusterProcess:
                 self.proc.wait()
         code = self.proc.returncode
         self.proc = None
-        # Anything left behind (it should not be): by pid, from cluster.json.
+        # Anything left behind (it should not be): by pid, from cluster.json as cluster up
+        # left it (a restarted process has a new pid there).
+        self.refresh()
         for node in self.info.get("nodes", []):
             _kill_quietly(node["pid"])
         for part in ("nginx", "redis"):
             pid = (self.info.get(part) or {}).get("pid")
-            if pid and part == "nginx":
+            if pid and (part == "nginx" or self.info[part].get("started_here")):
                 _kill_quietly(pid)
         return code
 
@@ -97,6 +110,24 @@ class ClusterProcess:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # -- looking around ------------------------------------------------------------------------------
+
+    def refresh(self) -> dict[str, Any]:
+        """Re-read ``cluster.json`` (``cluster up`` rewrites it when it restarts a process)."""
+        try:
+            self.info = json.loads((self.run_dir / "cluster.json").read_text())
+        except (OSError, ValueError):
+            pass
+        return self.info
+
+    async def status(self) -> dict[str, Any]:
+        """``livecomments cluster status --json`` of this cluster."""
+        done = await trio.run_process(
+            [sys.executable, "-m", "livecomments", "cluster", "status", "--json", "--run-dir", str(self.run_dir)],
+            capture_stdout=True, capture_stderr=True, check=False, env=self.env,
+        )
+        assert done.returncode in (0, 1), done.stderr.decode(errors="replace")
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
 
     def node(self, name: str) -> dict[str, Any]:
         return next(n for n in self.info["nodes"] if n["name"] == name)
@@ -287,6 +318,21 @@ async def wait_for(check: Any, limit_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
 
 
+def client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=30.0), limits=httpx.Limits(max_connections=100))
+
+
+async def watch(
+    nursery: trio.Nursery, http: httpx.AsyncClient, cluster: ClusterProcess, video: str, n: int = 6
+) -> list[Viewer]:
+    """``n`` viewers of ``video`` through the edge, all on the node that hosts it."""
+    viewers = [Viewer(cluster.edge, video, f"viewer{i}") for i in range(n)]
+    for v in viewers:
+        await nursery.start(v.run, http)
+    assert len({cluster.node_at(v.upstream)["name"] for v in viewers}) == 1, [(v.upstream, v.connections) for v in viewers]
+    return viewers
+
+
 def has_all(viewers: list[Viewer], accepted: list[int]) -> bool:
     want = set(accepted)
     return all(want - v.removed <= set(v.ids) for v in viewers)
@@ -294,14 +340,16 @@ def has_all(viewers: list[Viewer], accepted: list[int]) -> bool:
 
 def check_complete_in_order(viewers: list[Viewer], poster: Poster) -> None:
     """Every viewer has every accepted comment, none twice, in id order (and nothing else,
-    unless a post's answer was lost in transit: that comment may exist unacknowledged)."""
+    unless a post's answer was lost in transit: that comment may exist unacknowledged; a
+    502 or 504 from the edge is such a loss, as when an ingest node dies mid-request)."""
     want = sorted(poster.accepted)
+    answers_lost = poster.statuses[0] + poster.statuses[502] + poster.statuses[504]
     for v in viewers:
         assert not v.removed, f"{v.name}: comments were removed (automod?): {sorted(v.removed)[:5]}"
         assert v.ids == sorted(set(v.ids)), f"{v.name}: out of order or repeated: {_first_disorder(v.ids)}"
         missing = set(want) - set(v.ids)
         assert not missing, f"{v.name}: missing {len(missing)} of {len(want)} comments"
-        if not poster.statuses[0]:
+        if not answers_lost:
             assert v.ids == want, f"{v.name}: has comments nobody posted"
 
 

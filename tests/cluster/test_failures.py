@@ -12,12 +12,11 @@ import os
 import signal
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import trio
 
 from tests.cluster.conftest import RedisServer
-from tests.cluster.harness import ClusterProcess, Poster, Viewer, check_complete_in_order, has_all, wait_for
+from tests.cluster.harness import ClusterProcess, Poster, check_complete_in_order, client, has_all, wait_for, watch
 
 VIEWERS = 6
 SETTLE_S = 30  # bound on every wait
@@ -40,22 +39,10 @@ def cluster(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterat
     c.cleanup()
 
 
-def client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=30.0), limits=httpx.Limits(max_connections=100))
-
-
-async def watch(nursery: trio.Nursery, http: httpx.AsyncClient, cluster: ClusterProcess, video: str) -> list[Viewer]:
-    viewers = [Viewer(cluster.edge, video, f"viewer{i}") for i in range(VIEWERS)]
-    for v in viewers:
-        await nursery.start(v.run, http)
-    assert len({cluster.node_at(v.upstream)["name"] for v in viewers}) == 1
-    return viewers
-
-
 async def test_rms_killed_under_load_viewers_resume_elsewhere(cluster: ClusterProcess) -> None:
     video = "killdrill"
     async with client() as http, trio.open_nursery() as nursery:
-        viewers = await watch(nursery, http, cluster, video)
+        viewers = await watch(nursery, http, cluster, video, VIEWERS)
         victim = cluster.node_at(viewers[0].upstream)
         poster = Poster(cluster, video, rate=40)
         nursery.start_soon(poster.run, http)
@@ -83,7 +70,7 @@ async def test_rms_killed_under_load_viewers_resume_elsewhere(cluster: ClusterPr
 async def test_rms_stopped_gracefully_sends_goaway_first(cluster: ClusterProcess) -> None:
     video = "drain-drill"
     async with client() as http, trio.open_nursery() as nursery:
-        viewers = await watch(nursery, http, cluster, video)
+        viewers = await watch(nursery, http, cluster, video, VIEWERS)
         node = cluster.node_at(viewers[0].upstream)
         poster = Poster(cluster, video, rate=20)
         nursery.start_soon(poster.run, http)
@@ -114,7 +101,7 @@ async def test_redis_restart_resubscribe_backfill_and_503(
 ) -> None:
     video = "redisdrill"
     async with client() as http, trio.open_nursery() as nursery:
-        viewers = await watch(nursery, http, cluster, video)
+        viewers = await watch(nursery, http, cluster, video, VIEWERS)
         node = cluster.node_at(viewers[0].upstream)
         poster = Poster(cluster, video, rate=30)
         nursery.start_soon(poster.run, http)
