@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from domain.contract import PostComment
 from domain.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from domain.identity import Identity, TokenIssuer
 from domain.model import Comment
@@ -60,6 +61,6 @@ class PostPipeline:
 
     async def submit(self, video_id: str, who: Identity, content_type: str | None, data: bytes) -> Comment:
         """The body (415, 413, 400), then the comment service's checks and the publish."""
-        body = parse_json_object(content_type, data, self.max_body)
+        post = PostComment.parse(parse_json_object(content_type, data, self.max_body))
         with self.comments.metrics.post_seconds.time():
-            return await self.comments.post(video_id, who, body.get("text"), body.get("client_id"))
+            return await self.comments.post(video_id, who, post.text, post.client_id)

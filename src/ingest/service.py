@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from domain.errors import Forbidden, NotFound, RateLimited, Unavailable, Unprocessable
+from domain.contract import clean_client_id, clean_text
+from domain.errors import Forbidden, NotFound, RateLimited, Unavailable
 from domain.identity import Identity
 from domain.ids import SnowflakeGenerator
 from domain.metrics import Metrics
@@ -31,44 +31,6 @@ if TYPE_CHECKING:
     from ingest.moderation.bans import ModerationService
 
 log = logging.getLogger("livecomments.ingest")
-
-CLIENT_ID_MAX = 128
-
-
-# Format characters a comment may carry: joiners (emoji sequences, Indic scripts) and
-# the plain direction marks. Overrides and isolates (U+202A-202E, U+2066-2069), which can
-# make a comment display as something else, are refused with the other format characters.
-ALLOWED_FORMAT = frozenset("\u200c\u200d\u200e\u200f")
-
-
-def clean_text(text: object, max_chars: int) -> str:
-    """The comment text as stored: line ends as ``\n``, NFC, trimmed; no control,
-    private-use, unassigned or format characters (but joiners and direction marks)."""
-    if not isinstance(text, str):
-        raise Unprocessable("text must be a string", code="invalid_text")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Unprocessable("text is not valid Unicode text", code="invalid_text") from None
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
-    if not text or not any(ch not in ALLOWED_FORMAT and not ch.isspace() for ch in text):
-        raise Unprocessable("text is empty", code="empty_text")
-    if len(text) > max_chars:
-        raise Unprocessable(f"text is longer than {max_chars} characters", code="text_too_long")
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if (cat in ("Cc", "Cs", "Co", "Cn") and ch not in "\n\t") or (cat == "Cf" and ch not in ALLOWED_FORMAT):
-            raise Unprocessable("text contains control, format or unassigned characters", code="invalid_text")
-    return text
-
-
-def clean_client_id(client_id: object) -> str | None:
-    if client_id is None:
-        return None
-    if not isinstance(client_id, str) or not 1 <= len(client_id) <= CLIENT_ID_MAX or not client_id.isprintable():
-        raise Unprocessable(f"client_id must be a printable string of 1-{CLIENT_ID_MAX} characters", code="invalid_client_id")
-    return client_id
-
 
 class CommentService:
     def __init__(

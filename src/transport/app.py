@@ -135,9 +135,15 @@ def create_app(node: Node, *, ingest: IngestParts | None = None, rms: RmsParts |
             metrics.rooms.set(len(rms.rooms.rooms))
         return Response(metrics.render(), content_type=metrics.content_type)
 
+    described: list[dict[str, Any]] = []  # built once, on first request
+
     @app.get("/openapi.json")
     async def openapi_json() -> Response:
-        return json_response(openapi(node.settings))
+        # The character classes in the request schemas take a second to build: off the
+        # event loop, once (a second request meanwhile builds it too; the result is equal).
+        if not described:
+            described.append(await trio.to_thread.run_sync(openapi, node.settings))
+        return json_response(described[0])
 
     page = (static / "watch.html").read_text(encoding="utf-8") if (static / "watch.html").is_file() else ""
 

@@ -1,10 +1,27 @@
-"""The OpenAPI 3.1 description served at ``/openapi.json`` (written by hand, kept beside
-the routes it describes; tests compare it with the app's routes)."""
+"""The OpenAPI 3.1 description served at ``/openapi.json``.
+
+The request bodies' schemas are generated from ``domain.contract`` (the classes the
+routes parse bodies with), and every limit comes from where it is enforced (settings,
+``domain.contract``); the paths and the responses are written here, beside the routes
+they describe (tests/e2e/test_ops.py compares them with the app's routes, both ways, and
+tests/hostile/test_openapi_bodies.py posts bodies generated from the schemas)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from domain.contract import (
+    BODIES,
+    ID_PATTERN,
+    LOG_PAGE_MAX,
+    SLOW_MODE_MAX_S,
+    VIDEO_ID_PATTERN,
+    BanRequest,
+    GuestSignIn,
+    PostComment,
+    SettingsRequest,
+    user_id_schema,
+)
 from domain.settings import Settings
 
 _ERR = {"$ref": "#/components/schemas/Error"}
@@ -28,13 +45,17 @@ def _errors(*codes: int) -> dict[str, Any]:
         422: "Invalid comment",
         426: "WebSocket version other than 13 (Sec-WebSocket-Version: 13 says which one)",
         429: "Rate limited (Retry-After header)",
-        503: "Temporarily unavailable (Retry-After header)",
+        503: "Temporarily unavailable, or too many rooms on this node (Retry-After header)",
     }
     return {str(c): _resp(names[c], _ERR) for c in codes}
 
 
-VIDEO = {"name": "video_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
-ID = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+VIDEO = {"name": "video_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": VIDEO_ID_PATTERN}}
+ID = {"type": "string", "pattern": ID_PATTERN}
+
+
+def _body(cls: type[Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{cls.NAME}"}}}}
 
 
 def _q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
@@ -56,6 +77,7 @@ def openapi(s: Settings) -> dict[str, Any]:
                     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}, "retry_after": {"type": "integer"}},
                 },
                 **MODERATION_SCHEMAS,
+                **{cls.NAME: cls.body_schema(s) for cls in BODIES},
                 "Comment": {
                     "type": "object",
                     "required": ["id", "video_id", "author", "text", "created_at", "pending"],
@@ -79,7 +101,7 @@ def openapi(s: Settings) -> dict[str, Any]:
             "/v1/auth/guest": {
                 "post": {
                     "summary": "Sign in as a guest (limited per client address)",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 40}}}}}},
+                    "requestBody": _body(GuestSignIn),
                     "responses": {
                         "201": _resp("A token", {"type": "object", "required": ["token", "user_id"], "properties": {"token": {"type": "string"}, "user_id": {"type": "string"}, "name": {"type": "string"}}}),
                         **_errors(400, 404, 413, 415, 422, 429),
@@ -91,10 +113,7 @@ def openapi(s: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Post a comment",
                     "security": bearer,
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "maxLength": s.max_text}, "client_id": {"type": "string", "maxLength": 128}}}}},
-                    },
+                    "requestBody": _body(PostComment),
                     "responses": {"201": _resp("The stored comment", {"$ref": "#/components/schemas/Comment"}), **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503)},
                 },
                 "get": {
@@ -108,7 +127,7 @@ def openapi(s: Settings) -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _resp("A page (history) or what came after the cursor (long-poll)", {"type": "object", "required": ["comments"], "properties": {"comments": comment_list, "removed": {"type": "array", "items": ID}, "next": {"type": ["string", "null"]}}}),
-                        **_errors(400, 401, 404),
+                        **_errors(400, 401, 404, 503),
                     },
                 },
             },
@@ -129,16 +148,16 @@ def openapi(s: Settings) -> dict[str, Any]:
                         _q("last_event_id", ID, "replay after this id (or the Last-Event-ID header)"),
                         _q("token", {"type": "string"}, "identify the watcher"),
                     ],
-                    "responses": {"200": _resp("An endless event stream", {"type": "string"}, "text/event-stream"), **_errors(400, 401, 404)},
+                    "responses": {"200": _resp("An endless event stream", {"type": "string"}, "text/event-stream"), **_errors(400, 401, 404, 503)},
                 },
             },
             "/v1/videos/{video_id}/ws": {
                 "parameters": [VIDEO],
-                "get": {"summary": "WebSocket carrying the same events as JSON text frames", "responses": {"101": _resp("Switching protocols"), **_errors(400, 401, 404, 426)}},
+                "get": {"summary": "WebSocket carrying the same events as JSON text frames", "responses": {"101": _resp("Switching protocols"), **_errors(400, 401, 404, 426, 503)}},
             },
             "/v1/videos/{video_id}/snapshot.json": {
                 "parameters": [VIDEO],
-                "get": {"summary": "The CDN tier's snapshot (Cache-Control max-age=1, ETag, 304)", "responses": {"200": _resp("Latest comments and removals", {"type": "object"}), "304": _resp("Not modified"), **_errors(404)}},
+                "get": {"summary": "The CDN tier's snapshot (Cache-Control max-age=1, ETag, 304)", "responses": {"200": _resp("Latest comments and removals", {"type": "object"}), "304": _resp("Not modified"), **_errors(404, 503)}},
             },
             "/v1/videos/{video_id}/stats": {
                 "parameters": [VIDEO],
@@ -155,7 +174,6 @@ def openapi(s: Settings) -> dict[str, Any]:
 
 # -- moderation ---------------------------------------------------------------------------
 
-USER = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
 
 MODERATION_SCHEMAS: dict[str, Any] = {
     "Ban": {
@@ -170,19 +188,10 @@ MODERATION_SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "integer"},
         },
     },
-    "BanRequest": {
-        "type": "object",
-        "required": ["user_id", "mode"],
-        "properties": {
-            "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
-            "mode": {"enum": ["shadow", "overt"]},
-            "reason": {"type": "string", "maxLength": 500},
-        },
-    },
     "VideoSettings": {
         "type": "object",
         "required": ["video_id", "slow_mode_s"],
-        "properties": {"video_id": {"type": "string"}, "slow_mode_s": {"type": "integer", "minimum": 0, "maximum": 3600}},
+        "properties": {"video_id": {"type": "string"}, "slow_mode_s": {"type": "integer", "minimum": 0, "maximum": SLOW_MODE_MAX_S}},
     },
     "LogEntry": {
         "type": "object",
@@ -203,9 +212,10 @@ MODERATION_SCHEMAS: dict[str, Any] = {
 
 
 def moderation_paths(s: Settings) -> dict[str, Any]:
+    user = {"name": "user_id", "in": "path", "required": True, "schema": user_id_schema(s)}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     ban = {"$ref": "#/components/schemas/Ban"}
-    ban_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BanRequest"}}}}
+    ban_body = _body(BanRequest)
     bans = _resp("Active bans", {"type": "object", "required": ["bans"], "properties": {"bans": {"type": "array", "items": ban}}})
     log_page = _resp(
         "Log entries, newest first",
@@ -217,7 +227,7 @@ def moderation_paths(s: Settings) -> dict[str, Any]:
     )
     log_params = [
         _q("before", ID, "entries older than this entry id"),
-        _q("limit", {"type": "integer", "minimum": 1, "maximum": 200}, "page size (default 50)"),
+        _q("limit", {"type": "integer", "minimum": 1, "maximum": LOG_PAGE_MAX}, "page size (default 50)"),
     ]
     settings = {"$ref": "#/components/schemas/VideoSettings"}
     return {
@@ -232,7 +242,7 @@ def moderation_paths(s: Settings) -> dict[str, Any]:
             "get": {"summary": "This video's bans (streamer, moderator)", "security": bearer, "responses": {"200": bans, **_errors(401, 403, 404)}},
         },
         "/v1/videos/{video_id}/bans/{user_id}": {
-            "parameters": [VIDEO, USER],
+            "parameters": [VIDEO, user],
             "delete": {"summary": "Lift a ban on this video (streamer, moderator)", "security": bearer, "responses": {"204": _resp("Lifted"), **_errors(401, 403, 404, 503)}},
         },
         "/v1/bans": {
@@ -245,7 +255,7 @@ def moderation_paths(s: Settings) -> dict[str, Any]:
             "get": {"summary": "Global bans (admin)", "security": bearer, "responses": {"200": bans, **_errors(401, 403)}},
         },
         "/v1/bans/{user_id}": {
-            "parameters": [USER],
+            "parameters": [user],
             "delete": {"summary": "Lift a global ban (admin)", "security": bearer, "responses": {"204": _resp("Lifted"), **_errors(401, 403, 404, 503)}},
         },
         "/v1/videos/{video_id}/settings": {
@@ -254,10 +264,7 @@ def moderation_paths(s: Settings) -> dict[str, Any]:
             "put": {
                 "summary": "Set slow mode (streamer, moderator): one comment per N seconds per user, 0 turns it off; the streamer and moderators are exempt",
                 "security": bearer,
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": {"type": "object", "required": ["slow_mode_s"], "properties": {"slow_mode_s": {"type": "integer", "minimum": 0, "maximum": 3600}}}}},
-                },
+                "requestBody": _body(SettingsRequest),
                 "responses": {"200": _resp("The new settings", settings), **_errors(400, 401, 403, 404, 413, 415, 422, 503)},
             },
         },

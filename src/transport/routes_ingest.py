@@ -5,7 +5,8 @@ from __future__ import annotations
 import trio
 from quart import Blueprint, Response, request
 
-from domain.errors import NotFound, RateLimited, Unprocessable
+from domain.contract import GuestSignIn
+from domain.errors import NotFound, RateLimited
 from domain.identity import new_guest_id
 from domain.params import check_video, parse_id
 from policy.addresses import address_key
@@ -15,18 +16,13 @@ from transport.web import bearer, body_bytes, json_body, json_response
 
 bp = Blueprint("ingest", __name__)
 
-NAME_MAX = 40
-
 
 @bp.post("/v1/auth/guest")
 async def guest() -> Response:
     svc, parts = node(), ingest()
     if not svc.settings.guest_signin:
         raise NotFound("guest sign-in is disabled on this server", code="guest_disabled")
-    body = await json_body()
-    name = body.get("name")
-    if not isinstance(name, str) or not 1 <= len(name.strip()) <= NAME_MAX or not name.strip().isprintable():
-        raise Unprocessable(f"name must be 1-{NAME_MAX} printable characters", code="invalid_name")
+    name = GuestSignIn.parse(await json_body()).name
     rule = Rate.from_text(svc.settings.guest_rate_limit)
     addr = address_key(request.remote_addr or "unknown")  # IPv6 by /64
     decision = await parts.limiter.acquire("guest:" + addr, rule, trio.current_time())
@@ -35,8 +31,8 @@ async def guest() -> Response:
     user_id = new_guest_id()
     # The address goes into the token (hashed): the guest's posts count against it too
     # (``LIVECOMMENTS_GUEST_POST_RATE_LIMIT``), however many guests it signed in.
-    token = svc.issuer.issue(user_id, name.strip(), ("viewer",), address=svc.issuer.address_tag(addr))
-    return json_response({"token": token, "user_id": user_id, "name": name.strip()}, 201)
+    token = svc.issuer.issue(user_id, name, ("viewer",), address=svc.issuer.address_tag(addr))
+    return json_response({"token": token, "user_id": user_id, "name": name}, 201)
 
 
 @bp.post("/v1/videos/<video_id>/comments")

@@ -8,23 +8,16 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
+from domain.contract import LOG_PAGE_MAX, BanRequest, SettingsRequest, check_user_id
 from domain.errors import NotFound
 from domain.identity import Identity
 from domain.moderation import GLOBAL
 from domain.params import check_video, parse_id, parse_int
-from ingest.moderation.bans import (
-    ModerationService,
-    check_ban_body,
-    check_settings_body,
-    check_user_id,
-)
+from ingest.moderation.bans import ModerationService
 from transport.services import ingest
 from transport.web import bearer, json_body, json_response
 
 bp = Blueprint("moderation", __name__)
-
-LOG_LIMIT_MAX = 200
-
 
 def _moderation() -> ModerationService:
     return ingest().moderation
@@ -39,15 +32,15 @@ def _user_in_path(user_id: str) -> str:
 
 async def _ban(scope: str, who: Identity) -> Response:
     mod = _moderation()
-    user_id, mode, reason = check_ban_body(await json_body())
-    ban = await mod.ban(scope, who, user_id, mode, reason)
+    req = BanRequest.parse(await json_body())
+    ban = await mod.ban(scope, who, req.user_id, req.mode, req.reason)
     return json_response(ban.to_json(), 201)
 
 
 async def _log(scope: str) -> Response:
     mod = _moderation()
     before = parse_id(request.args["before"], "before") if request.args.get("before") else None
-    limit = parse_int(request.args.get("limit"), "limit", 50, 1, LOG_LIMIT_MAX)
+    limit = parse_int(request.args.get("limit"), "limit", 50, 1, LOG_PAGE_MAX)
     page = await mod.log_page(scope, before, limit)
     nxt = str(page[-1].id) if len(page) == limit else None
     return json_response({"entries": [e.to_json() for e in page], "next": nxt}, headers={"Cache-Control": "no-store"})
@@ -94,7 +87,7 @@ async def put_settings(video_id: str) -> Response:
     who = bearer()
     ModerationService.require_video_moderator(video_id, who)
     mod = _moderation()
-    slow_mode_s = check_settings_body(await json_body())
+    slow_mode_s = SettingsRequest.parse(await json_body()).slow_mode_s
     settings = await mod.set_settings(video_id, who, slow_mode_s)
     return json_response(settings.to_json())
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.contract import ALLOWED_FORMAT, CLIENT_ID_MAX, clean_client_id, clean_text
 from domain.errors import Unprocessable
-from ingest.service import ALLOWED_FORMAT, CLIENT_ID_MAX, clean_client_id, clean_text
 
 
 def refused(code: str) -> pytest.RaisesExc[Unprocessable]:

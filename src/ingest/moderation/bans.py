@@ -23,11 +23,10 @@ from typing import Any
 
 import attrs
 
-from domain.errors import Forbidden, NotFound, Unavailable, Unprocessable
+from domain.errors import Forbidden, NotFound, Unavailable
 from domain.identity import Identity
 from domain.ids import SnowflakeGenerator
 from domain.moderation import (
-    BAN_MODES,
     GLOBAL,
     Ban,
     BanMode,
@@ -36,10 +35,6 @@ from domain.moderation import (
     VideoSettings,
 )
 from domain.ports import StoreUnavailable
-
-USER_ID_MAX = 128
-REASON_MAX = 500
-SLOW_MODE_MAX_S = 3600
 
 
 @attrs.frozen
@@ -51,30 +46,6 @@ class Policy:
 
 
 OPEN = Policy()
-
-
-def check_user_id(value: object, what: str = "user_id") -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= USER_ID_MAX or not value.isprintable():
-        raise Unprocessable(f"{what} must be a printable string of 1-{USER_ID_MAX} characters", code="invalid_user_id")
-    return value
-
-
-def check_ban_body(body: dict[str, Any]) -> tuple[str, BanMode, str | None]:
-    user_id = check_user_id(body.get("user_id"))
-    mode = body.get("mode")
-    if mode not in BAN_MODES:
-        raise Unprocessable('mode must be "shadow" or "overt"', code="invalid_mode")
-    reason = body.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_MAX):
-        raise Unprocessable(f"reason must be a string of at most {REASON_MAX} characters", code="invalid_reason")
-    return user_id, mode, (reason.strip() or None) if isinstance(reason, str) else None
-
-
-def check_settings_body(body: dict[str, Any]) -> int:
-    value = body.get("slow_mode_s")
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SLOW_MODE_MAX_S:
-        raise Unprocessable(f"slow_mode_s must be a whole number of seconds from 0 to {SLOW_MODE_MAX_S}", code="invalid_settings")
-    return value
 
 
 class ModerationService:
