@@ -1,6 +1,8 @@
 """``livecomments cluster up``: a whole cluster on this machine, in the foreground.
 
-It starts Redis (unless ``--redis-url`` names one), ``--ingest`` ingest nodes and
+It starts Redis (unless ``--redis-url`` names one; ``--redis-cluster N``: a Redis Cluster
+of N masters with ``--redis-replicas`` replicas each; ``--redis-sentinel``: a primary, a
+replica and three sentinels; see ``livecomments.redis_local``), ``--ingest`` ingest nodes and
 ``--rms`` rms nodes (child processes whose command lines name their role), the persist
 worker, and nginx with ``deploy/nginx/edge.conf``; waits until each answers; prints what
 runs where and then ``edge: http://127.0.0.1:P``. SIGINT or SIGTERM stops everything in
@@ -33,7 +35,10 @@ from typing import Any
 import attrs
 import trio
 
+from livecomments.redis_local import LocalRedisCluster, LocalSentinel, RedisProcess
+
 READY_TIMEOUT_S = 60.0
+CLUSTER_SHARDS = "16"  # LIVECOMMENTS_REDIS_SHARDS for a Redis Cluster started here (unless set)
 
 
 def free_port() -> int:
@@ -172,6 +177,13 @@ class Cluster:
         self.children: list[Child] = []
         self.redis_url: str = args.redis_url or ""
         self.redis: Child | None = None
+        self.topology: LocalRedisCluster | LocalSentinel | None = None
+        masters = getattr(args, "redis_cluster", 0) or 0
+        sentinel = bool(getattr(args, "redis_sentinel", False))
+        if sum((bool(self.redis_url), bool(masters), sentinel)) > 1:
+            raise ValueError("--redis-url, --redis-cluster and --redis-sentinel exclude each other")
+        if masters and masters < 3:
+            raise ValueError("--redis-cluster needs at least 3 masters")
         self.nginx: Child | None = None
         self.edge_url = ""
         self.stopping = False
@@ -189,6 +201,8 @@ class Cluster:
                 "LIVECOMMENTS_PROXY_HOPS": env.get("LIVECOMMENTS_PROXY_HOPS", "1"),
             }
         )
+        if isinstance(self.topology, LocalRedisCluster):
+            env.setdefault("LIVECOMMENTS_REDIS_SHARDS", CLUSTER_SHARDS)
         env.update(extra)
         return env
 
@@ -208,6 +222,19 @@ class Cluster:
         self.redis = Child("redis", "redis", cmd, dict(os.environ), str(self.run_dir / "logs" / "redis.log"),
                            url=self.redis_url, port=port)
         self.redis.start()
+
+    def _start_topology(self) -> None:
+        """A Redis Cluster or a Sentinel setup under run_dir/redis (blocking, on this
+        thread: the servers get SIGTERM when the thread that started them ends)."""
+        directory = self.run_dir / "redis"
+        if getattr(self.args, "redis_cluster", 0):
+            self.topology = LocalRedisCluster(
+                directory, masters=self.args.redis_cluster, replicas=getattr(self.args, "redis_replicas", 1)
+            )
+        else:
+            self.topology = LocalSentinel(directory, replicas=getattr(self.args, "redis_replicas", 1) or 1)
+        self.topology.start(READY_TIMEOUT_S)
+        self.redis_url = self.topology.url
 
     def _node(self, role: str, n: int, **extra: str) -> Child:
         name = f"{role}-{n}"
@@ -264,19 +291,22 @@ class Cluster:
                 await trio.sleep(0.1)
 
     async def _wait_redis(self) -> None:
-        host, port = self.redis_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        """Until one of the URL's servers (any node of a cluster, any sentinel) answers PING."""
+        netloc = self.redis_url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        hosts = [part.rsplit(":", 1) for part in netloc.split(",")]
         deadline = trio.current_time() + READY_TIMEOUT_S
         while True:
             if self.redis is not None and self.redis.proc is not None and self.redis.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited during start-up:\n{self.redis.tail()}")
-            try:
-                stream = await trio.open_tcp_stream(host, int(port))
-                async with stream:
-                    await stream.send_all(b"PING\r\n")
-                    if b"PONG" in await stream.receive_some(64):
-                        return
-            except OSError:
-                pass
+            for host, port in hosts:
+                try:
+                    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+                    async with stream:
+                        await stream.send_all(b"PING\r\n")
+                        if b"PONG" in await stream.receive_some(64):
+                            return
+                except (OSError, trio.BrokenResourceError):
+                    pass
             if trio.current_time() > deadline:
                 raise RuntimeError(f"Redis at {self.redis_url} did not answer")
             await trio.sleep(0.1)
@@ -284,7 +314,9 @@ class Cluster:
     async def start(self) -> None:
         for sub in ("logs", "data"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        if not self.redis_url:
+        if getattr(self.args, "redis_cluster", 0) or getattr(self.args, "redis_sentinel", False):
+            self._start_topology()
+        elif not self.redis_url:
             self._start_redis()
         await self._wait_redis()
         for n in range(1, self.args.ingest + 1):
@@ -310,7 +342,7 @@ class Cluster:
         return {
             "run_dir": str(self.run_dir),
             "edge": self.edge_url,
-            "redis": {"url": self.redis_url, "pid": self.redis.pid if self.redis else None},
+            "redis": self._describe_redis(),
             "nginx": {
                 "pid": self.nginx.pid if self.nginx else None,
                 "config": str(self.run_dir / "nginx" / "edge.conf"),
@@ -323,6 +355,15 @@ class Cluster:
             "data_dir": str(self.run_dir / "data"),
         }
 
+    def _describe_redis(self) -> dict[str, Any]:
+        if self.topology is not None:
+            return {**self.topology.describe(), "pid": None}
+        topology = "single"
+        for scheme, name in (("+cluster", "cluster"), ("+sentinel", "sentinel")):
+            if self.redis_url.split("://", 1)[0].endswith(scheme):
+                topology = name
+        return {"url": self.redis_url, "pid": self.redis.pid if self.redis else None, "topology": topology}
+
     def report(self) -> None:
         def rel(path: str) -> str:
             return os.path.relpath(path, self.run_dir)
@@ -330,6 +371,11 @@ class Cluster:
         print(f"livecomments cluster: run dir {self.run_dir}", flush=True)
         if self.redis is not None:
             print(f"  {'redis':<10} {self.redis_url:<28} pid {self.redis.pid:<8} (started here, AOF in redis/)")
+        elif self.topology is not None:
+            for node in self.topology.describe()["nodes"]:
+                where = f"redis://127.0.0.1:{node['port']}"
+                print(f"  {node['name']:<10} {where:<28} pid {node['pid']:<8} {node['role']} (started here, redis/)")
+            print(f"  {'redis url':<10} {self.redis_url}")
         else:
             print(f"  {'redis':<10} {self.redis_url:<28} (given)")
         for c in self.children:
@@ -349,6 +395,14 @@ class Cluster:
         child.exited = code
         if not self.stopping:
             print(f"livecomments cluster: {child.name} (pid {child.pid}) exited with code {code}", flush=True)
+
+    async def _watch_redis(self, server: RedisProcess) -> None:
+        proc = server.proc
+        if proc is None:
+            return
+        code = await trio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+        if not self.stopping:
+            print(f"livecomments cluster: {server.name} (pid {proc.pid}) exited with code {code}", flush=True)
 
     async def _stop_group(self, children: list[Child], sig: int, grace_s: float) -> None:
         """Signal them all, wait up to ``grace_s`` for them to exit, then kill."""
@@ -374,6 +428,8 @@ class Cluster:
         await self._stop_group([c for c in self.children if c.role == "moderate"], signal.SIGTERM, 10)
         if self.redis is not None:
             await self._stop_group([self.redis], signal.SIGTERM, 10)
+        if self.topology is not None:
+            await trio.to_thread.run_sync(self.topology.stop)
 
     async def run(self) -> int:
         failed: list[str] = []
@@ -393,6 +449,8 @@ class Cluster:
                     for c in [*self.children, self.nginx, self.redis]:
                         if c is not None:
                             nursery.start_soon(self._watch, c)
+                    for server in self.topology.processes() if self.topology is not None else []:
+                        nursery.start_soon(self._watch_redis, server)
             except* (RuntimeError, OSError, subprocess.CalledProcessError) as group:
                 failed = [str(e) for e in group.exceptions]
             finally:

@@ -54,6 +54,18 @@ def free_port(*, bus: bool = False) -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
+def die_with_parent() -> None:
+    """In the child: get SIGTERM when the thread that started it ends (Linux), so that a
+    killed parent leaves no servers behind. Start servers from the main thread: the
+    signal follows the starting thread, not the process."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 # -- a tiny RESP client (inspection only) ---------------------------------------------------
 
 
@@ -136,7 +148,6 @@ class RedisProcess:
         args: Iterable[str] = (),
         *,
         sentinel_conf: str | None = None,
-        on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
     ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -148,7 +159,6 @@ class RedisProcess:
         self.port = port
         self.args = list(args)
         self.sentinel_conf = sentinel_conf
-        self.on_start = on_start
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -177,10 +187,9 @@ class RedisProcess:
             return
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                self.cmdline(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                self.cmdline(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
-        if self.on_start is not None:
-            self.on_start(self.proc)
         deadline = time.monotonic() + timeout
         while not ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -204,6 +213,15 @@ class RedisProcess:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server answers nothing (its kernel still buffers what it is sent)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -216,6 +234,25 @@ class RedisProcess:
 
 def _server_args(appendfsync: str) -> list[str]:
     return ["--appendonly", "yes", "--appendfsync", appendfsync]
+
+
+def role_of(port: int) -> str:
+    """``master`` | ``replica`` | ``down``."""
+    try:
+        role = info(port, "replication").get("role", "?")
+    except (OSError, RedisCommandError):
+        return "down"
+    return "replica" if role == "slave" else role
+
+
+def replica_ports(master_port: int) -> list[int]:
+    """The replicas connected to a master (its INFO replication)."""
+    out = []
+    for k, v in info(master_port, "replication").items():
+        if k.startswith("slave") and k[5:].isdigit():
+            fields = dict(part.split("=", 1) for part in v.split(",") if "=" in part)
+            out.append(int(fields["port"]))
+    return out
 
 
 # -- Redis Cluster --------------------------------------------------------------------------------
@@ -234,7 +271,6 @@ class LocalRedisCluster:
         replicas: int = 1,
         node_timeout_ms: int = NODE_TIMEOUT_MS,
         appendfsync: str = "everysec",
-        on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
     ) -> None:
         if masters < 3:
             raise ValueError("a Redis Cluster needs at least 3 masters")
@@ -252,7 +288,7 @@ class LocalRedisCluster:
         self.nodes = []
         for _ in range(masters * (1 + replicas)):
             port = free_port(bus=True)
-            self.nodes.append(RedisProcess(f"redis-{port}", directory / f"node-{port}", port, args, on_start=on_start))
+            self.nodes.append(RedisProcess(f"redis-{port}", directory / f"node-{port}", port, args))
 
     @property
     def url(self) -> str:
@@ -333,13 +369,11 @@ class LocalRedisCluster:
         self.wait_healthy(timeout)
 
     def roles(self) -> dict[int, str]:
-        out = {}
-        for n in self.nodes:
-            try:
-                out[n.port] = info(n.port, "replication").get("role", "?") if n.alive else "down"
-            except (OSError, RedisCommandError):
-                out[n.port] = "down"
-        return out
+        return {n.port: role_of(n.port) if n.alive else "down" for n in self.nodes}
+
+    def replicas_of(self, master: RedisProcess) -> list[RedisProcess]:
+        ports = replica_ports(master.port)
+        return [n for n in self.nodes if n.port in ports]
 
     def describe(self) -> dict[str, Any]:
         roles = self.roles()
@@ -370,20 +404,19 @@ class LocalSentinel:
         sentinels: int = 3,
         down_after_ms: int = NODE_TIMEOUT_MS,
         appendfsync: str = "everysec",
-        on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
     ) -> None:
         self.dir = directory
         self.service = service
         self.replica_count = replicas
         args = _server_args(appendfsync)
         mport = free_port()
-        self.servers = [RedisProcess(f"redis-{mport}", directory / f"server-{mport}", mport, args, on_start=on_start)]
+        self.servers = [RedisProcess(f"redis-{mport}", directory / f"server-{mport}", mport, args)]
         for _ in range(replicas):
             port = free_port()
             self.servers.append(
                 RedisProcess(
                     f"redis-{port}", directory / f"server-{port}", port,
-                    [*args, "--replicaof", "127.0.0.1", str(mport)], on_start=on_start,
+                    [*args, "--replicaof", "127.0.0.1", str(mport)],
                 )
             )
         quorum = sentinels // 2 + 1
@@ -397,7 +430,7 @@ class LocalSentinel:
         for _ in range(sentinels):
             port = free_port()
             self.sentinels.append(
-                RedisProcess(f"sentinel-{port}", directory / f"sentinel-{port}", port, sentinel_conf=conf, on_start=on_start)
+                RedisProcess(f"sentinel-{port}", directory / f"sentinel-{port}", port, sentinel_conf=conf)
             )
 
     @property
@@ -465,6 +498,10 @@ class LocalSentinel:
 
         wait_until(promoted, timeout, f"the sentinels to promote a replica of {dead.name}", every=0.1)
         return found[-1]
+
+    def replicas_of(self, master: RedisProcess) -> list[RedisProcess]:
+        ports = replica_ports(master.port)
+        return [n for n in self.servers if n.port in ports]
 
     def restart(self, node: RedisProcess, timeout: float = 60.0) -> None:
         """Start a killed server again: the sentinels make it a replica of the current

@@ -29,9 +29,19 @@ SECRET = "cluster-test-secret-0123456789abcdef"
 
 
 class ClusterProcess:
-    """``livecomments cluster up`` against the session's Redis, with a key prefix of its own."""
+    """``livecomments cluster up`` against the session's Redis, with a key prefix of its own
+    (``redis_url`` empty: cluster up starts the Redis that ``args`` ask for)."""
 
-    def __init__(self, redis_url: str, prefix: str, *, rms: int, ingest: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        *,
+        rms: int,
+        ingest: int,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.run_dir = Path(tempfile.mkdtemp(prefix="lc-cluster-"))
         self.env = {
             **os.environ,
@@ -43,7 +53,7 @@ class ClusterProcess:
         }
         self.cmd = [
             sys.executable, "-m", "livecomments", "cluster", "up", "--rms", str(rms), "--ingest", str(ingest),
-            "--edge-port", "0", "--redis-url", redis_url, "--run-dir", str(self.run_dir),
+            "--edge-port", "0", "--run-dir", str(self.run_dir), *(("--redis-url", redis_url) if redis_url else ()), *args,
         ]
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -91,6 +101,9 @@ class ClusterProcess:
             pid = (self.info.get(part) or {}).get("pid")
             if pid and part == "nginx":
                 _kill_quietly(pid)
+        if not any(a.startswith("--redis-url") for a in self.cmd):  # servers it started itself
+            for server in (self.info.get("redis") or {}).get("nodes", []):
+                _kill_quietly(server["pid"])
         return code
 
     def cleanup(self) -> None:
