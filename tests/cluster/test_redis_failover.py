@@ -234,8 +234,10 @@ async def test_master_of_a_busy_video_killed_under_load(topology: Topology, wait
 
             victim = topology.master_of(keys, video)
             victim.kill()  # SIGKILL, under load
+            killed_at = trio.current_time()
             at_kill = len(poster.accepted)
             promoted = await trio.to_thread.run_sync(topology.wait_promoted, victim, keys, video)
+            promotion_s = trio.current_time() - killed_at
             at_promotion = len(poster.accepted)
             if wait_replicas:
                 # The promoted master has no replica yet: nothing can be acknowledged.
@@ -263,6 +265,7 @@ async def test_master_of_a_busy_video_killed_under_load(topology: Topology, wait
             "wait_replicas": wait_replicas,
             "victim": victim.name,
             "promoted": promoted.name,
+            "promotion_s": round(promotion_s, 2),
             "acknowledged": len(acknowledged),
             "acknowledged_before_kill": at_kill,
             "acknowledged_at_promotion": at_promotion,
