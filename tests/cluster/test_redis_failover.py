@@ -333,3 +333,39 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+async def test_bus_follows_a_manual_failover(redis_cluster_healthy: LocalRedisCluster, prefix: str) -> None:
+    """CLUSTER FAILOVER: the old master lives on as a replica and tells its shard-channel
+    subscribers ``sunsubscribe``; the bus resubscribes on the new master (and
+    backfills), instead of going deaf to the video."""
+    cluster = redis_cluster_healthy
+    keys = Keys(prefix, SHARDS)
+    video = "moving"
+    got: list[Any] = []
+    async with open_redis(cluster.url) as redis:
+        hot = HotStore(redis, keys)
+        bus = RedisBus(redis, keys, hold_ms=50, recent=hot.after)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bus.run)
+            await bus.wait_connected()
+            await bus.subscribe(video, got.append)
+            before = comment(video, 1)
+            await hot.append(before)
+            await wait_for(lambda: [e.id for e in got] == [before.id], 10, "the first comment")
+            old = cluster.master_of_key(keys.recent(video))
+            (replica,) = cluster.replicas_of(old)
+            assert command(replica.port, "CLUSTER", "FAILOVER") == "OK"
+            await trio.to_thread.run_sync(cluster.wait_promoted, old, cluster_slot(keys.recent(video)), SETTLE_S)
+            after = comment(video, 2)
+            with trio.fail_after(SETTLE_S):
+                while True:  # the client learns the new master from a MOVED
+                    try:
+                        await hot.append(after)
+                        break
+                    except REDIS_ERRORS:
+                        await trio.sleep(0.1)
+            await wait_for(lambda: [e.id for e in got] == [before.id, after.id], SETTLE_S, "the comment after the failover")
+            assert bus.reconnects >= 1
+            nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(cluster.wait_healthy)

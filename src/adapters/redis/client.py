@@ -97,10 +97,13 @@ def is_cluster(redis: Redis) -> bool:
 
 def note_failure(redis: Redis, error: BaseException) -> None:
     """Tell a cluster client that talking to the cluster failed outside its own commands
-    (the bus's subscriber): after a few such reports it re-reads the slot map, which
-    is how it learns of a failover."""
-    if isinstance(redis, coredis.RedisCluster) and isinstance(error, Exception):
-        redis.connection_pool.cluster_layout.report_errors(None, error)
+    (the bus's subscriber): after two such reports it re-reads the slot map, which is
+    how it learns of a failover. Reported as a cluster error whatever it was: the client
+    only counts those (a subscriber's failures are timeouts, a MOVED it cannot see, or a
+    KeyError for a master it has no connection to, as well as lost connections)."""
+    if isinstance(redis, coredis.RedisCluster):
+        cause = coredis.exceptions.RedisClusterError(f"subscriber failed: {error!r}")
+        redis.connection_pool.cluster_layout.report_errors(None, cause)
 
 
 class ShardChannels(PubSub[Any]):
