@@ -362,10 +362,13 @@ class LocalRedisCluster:
         wait_until(promoted, timeout, f"a replica of {dead.name} to be promoted", every=0.1)
         return found[-1]
 
-    def restart(self, node: RedisProcess, timeout: float = 60.0) -> None:
-        """Start a killed node again (it rejoins as a replica) and wait until the cluster
-        is whole again."""
+    def start_again(self, node: RedisProcess) -> None:
+        """Start a killed node again: from its ``nodes.conf`` it rejoins, as a replica of
+        the master that replaced it (``wait_healthy`` waits for that)."""
         node.start()
+
+    def restart(self, node: RedisProcess, timeout: float = 60.0) -> None:
+        self.start_again(node)
         self.wait_healthy(timeout)
 
     def roles(self) -> dict[int, str]:
@@ -503,10 +506,25 @@ class LocalSentinel:
         ports = replica_ports(master.port)
         return [n for n in self.servers if n.port in ports]
 
-    def restart(self, node: RedisProcess, timeout: float = 60.0) -> None:
-        """Start a killed server again: the sentinels make it a replica of the current
-        primary. Waits until every replica is in sync."""
+    def start_again(self, node: RedisProcess) -> None:
+        """Start a killed server again, as a replica of the current primary. (Started as
+        it was, an old primary would come back as a primary with its stale data until
+        the sentinels notice and turn it into a replica: they look every 10 s.)"""
+        if node.alive:
+            return
+        args = list(node.args)
+        if "--replicaof" in args:
+            i = args.index("--replicaof")
+            del args[i : i + 3]
+        primary = self.primary()
+        if primary is not node:
+            args += ["--replicaof", "127.0.0.1", str(primary.port)]
+        node.args = args
         node.start()
+
+    def restart(self, node: RedisProcess, timeout: float = 60.0) -> None:
+        """``start_again``, then wait until every replica is in sync."""
+        self.start_again(node)
         self.wait_healthy(timeout)
 
     def describe(self) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def topology(request: pytest.FixtureRequest) -> Iterator[Topology]:
     for server in servers.processes():
         server.resume()
         if not server.alive:
-            server.start()
+            servers.start_again(server)
     servers.wait_healthy()
 
 
@@ -245,7 +245,7 @@ async def test_master_of_a_busy_video_killed_under_load(topology: Topology, wait
                 await wait_for(lambda: poster.statuses[503] >= refused + 5, SETTLE_S, "503s without a replica")
                 assert len(poster.accepted) == at_promotion
             # The dead server comes back (as a supervisor would restart it): a replica now.
-            victim.start()
+            topology.servers.start_again(victim)
             await trio.to_thread.run_sync(topology.servers.wait_healthy)
             at_rejoin = len(poster.accepted)
             await wait_for(lambda: len(poster.accepted) >= at_rejoin + 40, SETTLE_S, "comments after the rejoin")
