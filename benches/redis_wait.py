@@ -32,7 +32,7 @@ import httpx
 import trio
 
 from adapters.redis.client import REDIS_ERRORS, open_redis
-from adapters.redis.hotstore import HotStore, NotReplicated
+from adapters.redis.hotstore import HotStore, LateComment, NotReplicated
 from adapters.redis.keys import Keys
 from benches.loadgen import _response_complete
 from benches.procstat import cpu_seconds
@@ -94,6 +94,8 @@ async def via_hotstore(url: str, wait: int, args: argparse.Namespace) -> dict[st
                 await hot.append(c)
             except NotReplicated:
                 return "not_replicated"
+            except LateComment:
+                return "late"  # stalled longer than the reorder window: a 503 for a poster
             except REDIS_ERRORS:
                 return "error"
             return "ok"
@@ -208,6 +210,7 @@ TOPOLOGY: dict[str, Any] = {}
 
 async def measure(run: Any, client_pids: list[int]) -> dict[str, Any]:
     masters, replicas = TOPOLOGY["masters"], TOPOLOGY["replicas"]
+    load_before = os.getloadavg()[0]
     t0 = time.monotonic()
     m0, r0, c0 = cpu_of(masters), cpu_of(replicas), sum(cpu_seconds(p) for p in client_pids)
     latencies, outcomes = await run()
@@ -217,6 +220,7 @@ async def measure(run: Any, client_pids: list[int]) -> dict[str, Any]:
     ms = [x * 1000 for x in latencies]
     return {
         "accepted_per_s": round(outcomes["ok"] / wall, 1),
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "outcomes": dict(outcomes),
         "latency_ms": {p: round(percentile(ms, q) or 0.0, 2) for p, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99))}
         | {"max": round(max(ms, default=0.0), 2)},
