@@ -91,10 +91,6 @@ async def open_redis(url: str, *, timeout_s: float = 2.0) -> AsyncIterator[Redis
         yield client
 
 
-def is_cluster(redis: Redis) -> bool:
-    return isinstance(redis, coredis.RedisCluster)
-
-
 def note_failure(redis: Redis, error: BaseException) -> None:
     """Tell a cluster client that talking to the cluster failed outside its own commands
     (the bus's subscriber): after two such reports it re-reads the slot map, which is
@@ -112,7 +108,8 @@ class ShardChannels(PubSub[Any]):
     part of a cluster. Messages arrive as ``smessage`` and are reported as ``message``."""
 
     async def subscribe(self, *channels: Any, **channel_handlers: Any) -> None:
-        assert not channel_handlers, "handlers are not used here"
+        if channel_handlers or not channels:
+            raise TypeError("subscribe takes one or more channel names (no handlers)")
         new = dict.fromkeys(map(self._encode, channels))
         waiters = {channel: anyio.Event() for channel in new}
         for channel, event in waiters.items():
