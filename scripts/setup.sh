@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--system" ]]; then
   need=()
   command -v redis-server >/dev/null || need+=(redis-server)
+  command -v redis-cli >/dev/null || need+=(redis-tools)  # redis-cli --cluster create (Redis Cluster tests)
   command -v nginx >/dev/null || need+=(nginx)
   [[ -e /usr/lib/nginx/modules/ngx_nchan_module.so ]] || need+=(libnginx-mod-nchan)
   [[ -x /usr/bin/chromium ]] || need+=(chromium)

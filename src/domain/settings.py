@@ -101,6 +101,8 @@ class Settings:
     redis_prefix: str = _setting("lc", "prefix of every Redis key and channel (one per cluster sharing a Redis)")
     redis_shards: int = _setting(1, "hash-tag slots for video keys and comment streams (>1 spreads a Redis Cluster)", kind=int)
     redis_timeout_s: float = _setting(2.0, "Redis connect and command timeout, seconds", kind=float)
+    redis_wait_replicas: int = _setting(0, "replicas that must confirm a comment (WAIT) before it is acknowledged (201); 0: answer once the master has it", kind=int)
+    redis_wait_timeout_ms: int = _setting(100, "how long a post waits for redis_wait_replicas confirmations before answering 503", kind=int)
     hot_size: int = _setting(1000, "newest comments per video kept in the Redis hot store", kind=int)
     hot_ttl_s: int = _setting(86400, "seconds an idle video's hot data stays in Redis", kind=int)
     reorder_window_ms: int = _setting(250, "Redis accepts a comment only if its id's time is this close to Redis' clock", kind=int)
@@ -156,6 +158,8 @@ def check(s: Settings) -> None:
         raise ValueError("moderation_queue and moderation_users_max must be positive, moderation_workers not negative")
     if s.viewer_sndbuf < 0:
         raise ValueError("viewer_sndbuf must not be negative (0: the kernel's autotuning)")
+    if s.redis_wait_replicas < 0 or s.redis_wait_timeout_ms < 1:
+        raise ValueError("redis_wait_replicas must not be negative and redis_wait_timeout_ms must be positive")
     if s.classifier and ":" not in s.classifier:
         raise ValueError("classifier must look like module:attr")
     for name in ("max_text", "max_body", "backlog_max", "history_max", "ring_size", "snapshot_size", "viewer_buffer", "max_rooms"):

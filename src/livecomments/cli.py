@@ -126,6 +126,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--ingest", type=int, default=2, help="ingest nodes (default 2)")
     up.add_argument("--edge-port", type=int, default=8080, help="port of the nginx edge (default 8080; 0: any free)")
     up.add_argument("--redis-url", default=None, help="use this Redis instead of starting one")
+    up.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                    help="start a Redis Cluster of N (>= 3) masters, --redis-replicas replicas each, instead of one Redis")
+    up.add_argument("--redis-sentinel", action="store_true",
+                    help="start a Sentinel setup instead of one Redis: a primary, --redis-replicas replica(s), 3 sentinels")
+    up.add_argument("--redis-replicas", type=int, default=1, help="replicas per master with --redis-cluster/--redis-sentinel (default 1)")
     up.add_argument("--run-dir", default=None, help="directory for configs, logs, data (default: a new temp dir)")
     up.add_argument("--tls", action="store_true", help="edge speaks HTTPS + HTTP/2 with a self-signed certificate")
     up.add_argument("--no-persist", action="store_true", help="do not start the persist worker")

@@ -1,6 +1,8 @@
 """``livecomments cluster up``: a whole cluster on this machine, in the foreground.
 
-It starts Redis (unless ``--redis-url`` names one), ``--ingest`` ingest nodes and
+It starts Redis (unless ``--redis-url`` names one; ``--redis-cluster N``: a Redis Cluster
+of N masters with ``--redis-replicas`` replicas each; ``--redis-sentinel``: a primary, a
+replica and three sentinels; see ``livecomments.redis_local``), ``--ingest`` ingest nodes and
 ``--rms`` rms nodes (child processes whose command lines name their role), the persist
 worker, and nginx with ``deploy/nginx/edge.conf``; waits until each answers; prints what
 runs where and then ``edge: http://127.0.0.1:P``. SIGINT or SIGTERM stops everything in
@@ -44,10 +46,12 @@ from typing import Any
 import attrs
 import trio
 
+from livecomments.redis_local import LocalRedisCluster, LocalSentinel, RedisProcess
 from policy.backoff import Backoff
 from policy.restart import RestartPolicy
 
 READY_TIMEOUT_S = 60.0
+CLUSTER_SHARDS = "16"  # LIVECOMMENTS_REDIS_SHARDS for a Redis Cluster started here (unless set)
 
 
 def free_port() -> int:
@@ -201,6 +205,13 @@ class Cluster:
         self.children: list[Child] = []
         self.redis_url: str = args.redis_url or ""
         self.redis: Child | None = None
+        self.topology: LocalRedisCluster | LocalSentinel | None = None
+        masters = getattr(args, "redis_cluster", 0) or 0
+        sentinel = bool(getattr(args, "redis_sentinel", False))
+        if sum((bool(self.redis_url), bool(masters), sentinel)) > 1:
+            raise ValueError("--redis-url, --redis-cluster and --redis-sentinel exclude each other")
+        if masters and masters < 3:
+            raise ValueError("--redis-cluster needs at least 3 masters")
         self.nginx: Child | None = None
         self.edge_url = ""
         self.stopping = False
@@ -225,6 +236,8 @@ class Cluster:
                 "LIVECOMMENTS_PROXY_HOPS": env.get("LIVECOMMENTS_PROXY_HOPS", "1"),
             }
         )
+        if isinstance(self.topology, LocalRedisCluster):
+            env.setdefault("LIVECOMMENTS_REDIS_SHARDS", CLUSTER_SHARDS)
         env.update(extra)
         return env
 
@@ -247,6 +260,19 @@ class Cluster:
         self.redis = Child("redis", "redis", cmd, dict(os.environ), str(self.run_dir / "logs" / "redis.log"),
                            url=self.redis_url, port=port)
         self.redis.start()
+
+    def _start_topology(self) -> None:
+        """A Redis Cluster or a Sentinel setup under run_dir/redis (blocking, on this
+        thread: the servers get SIGTERM when the thread that started them ends)."""
+        directory = self.run_dir / "redis"
+        if getattr(self.args, "redis_cluster", 0):
+            self.topology = LocalRedisCluster(
+                directory, masters=self.args.redis_cluster, replicas=getattr(self.args, "redis_replicas", 1)
+            )
+        else:
+            self.topology = LocalSentinel(directory, replicas=getattr(self.args, "redis_replicas", 1) or 1)
+        self.topology.start(READY_TIMEOUT_S)
+        self.redis_url = self.topology.url
 
     def _node(self, role: str, n: int, **extra: str) -> Child:
         name = f"{role}-{n}"
@@ -303,19 +329,22 @@ class Cluster:
                 await trio.sleep(0.1)
 
     async def _wait_redis(self) -> None:
-        host, port = self.redis_url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        """Until one of the URL's servers (any node of a cluster, any sentinel) answers PING."""
+        netloc = self.redis_url.split("//", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        hosts = [part.rsplit(":", 1) for part in netloc.split(",")]
         deadline = trio.current_time() + READY_TIMEOUT_S
         while True:
             if self.redis is not None and self.redis.proc is not None and self.redis.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited during start-up:\n{self.redis.tail()}")
-            try:
-                stream = await trio.open_tcp_stream(host, int(port))
-                async with stream:
-                    await stream.send_all(b"PING\r\n")
-                    if b"PONG" in await stream.receive_some(64):
-                        return
-            except OSError:
-                pass
+            for host, port in hosts:
+                try:
+                    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+                    async with stream:
+                        await stream.send_all(b"PING\r\n")
+                        if b"PONG" in await stream.receive_some(64):
+                            return
+                except (OSError, trio.BrokenResourceError):
+                    pass
             if trio.current_time() > deadline:
                 raise RuntimeError(f"Redis at {self.redis_url} did not answer")
             await trio.sleep(0.1)
@@ -323,7 +352,9 @@ class Cluster:
     async def start(self) -> None:
         for sub in ("logs", "data"):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
-        if not self.redis_url:
+        if getattr(self.args, "redis_cluster", 0) or getattr(self.args, "redis_sentinel", False):
+            self._start_topology()
+        elif not self.redis_url:
             self._start_redis()
         await self._wait_redis()
         for n in range(1, self.args.ingest + 1):
@@ -353,6 +384,7 @@ class Cluster:
             "prefix": os.environ.get("LIVECOMMENTS_REDIS_PREFIX", "lc"),
             "shards": int(os.environ.get("LIVECOMMENTS_REDIS_SHARDS", "1") or 1),
         }
+        redis.update({k: v for k, v in self._describe_redis().items() if k != "pid"})
         if self.redis is not None:
             redis.update(self.redis.describe(), port=self.redis.port, log=self.redis.log, appendfsync=self.appendfsync)
         nginx: dict[str, Any] = {
@@ -388,6 +420,15 @@ class Cluster:
         tmp.write_text(json.dumps(self.describe(), indent=2))
         os.replace(tmp, path)
 
+    def _describe_redis(self) -> dict[str, Any]:
+        if self.topology is not None:
+            return {**self.topology.describe(), "pid": None}
+        topology = "single"
+        for scheme, name in (("+cluster", "cluster"), ("+sentinel", "sentinel")):
+            if self.redis_url.split("://", 1)[0].endswith(scheme):
+                topology = name
+        return {"url": self.redis_url, "pid": self.redis.pid if self.redis else None, "topology": topology}
+
     def report(self) -> None:
         def rel(path: str) -> str:
             return os.path.relpath(path, self.run_dir)
@@ -395,6 +436,11 @@ class Cluster:
         print(f"livecomments cluster: run dir {self.run_dir}", flush=True)
         if self.redis is not None:
             print(f"  {'redis':<10} {self.redis_url:<28} pid {self.redis.pid:<8} (started here, AOF in redis/)")
+        elif self.topology is not None:
+            for node in self.topology.describe()["nodes"]:
+                where = f"redis://127.0.0.1:{node['port']}"
+                print(f"  {node['name']:<10} {where:<28} pid {node['pid']:<8} {node['role']} (started here, redis/)")
+            print(f"  {'redis url':<10} {self.redis_url}")
         else:
             print(f"  {'redis':<10} {self.redis_url:<28} (given)")
         for c in self.children:
@@ -465,6 +511,14 @@ class Cluster:
             print(f"livecomments cluster: {child.name} restarted, pid {child.pid} (restart {child.restarts})", flush=True)
             self.save()
 
+    async def _watch_redis(self, server: RedisProcess) -> None:
+        proc = server.proc
+        if proc is None:
+            return
+        code = await trio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+        if not self.stopping:
+            print(f"livecomments cluster: {server.name} (pid {proc.pid}) exited with code {code}", flush=True)
+
     async def _stop_group(self, children: list[Child], sig: int, grace_s: float) -> None:
         """Signal them all, wait up to ``grace_s`` for them to exit, then kill."""
         for c in children:
@@ -492,6 +546,8 @@ class Cluster:
         await self._stop_group([c for c in self.children if c.role == "moderate"], signal.SIGTERM, 10)
         if self.redis is not None:
             await self._stop_group([self.redis], signal.SIGTERM, 10)
+        if self.topology is not None:
+            await trio.to_thread.run_sync(self.topology.stop)
 
     async def run(self) -> int:
         failed: list[str] = []
@@ -513,6 +569,10 @@ class Cluster:
                     self._waiters = trio.CapacityLimiter(len(supervised) + 1)
                     for c in supervised:
                         nursery.start_soon(self._supervise, c)
+                    # A Redis Cluster's or Sentinel set's servers are reported, not restarted:
+                    # failover is their own business (and the drills kill them on purpose).
+                    for server in self.topology.processes() if self.topology is not None else []:
+                        nursery.start_soon(self._watch_redis, server)
             except* (RuntimeError, OSError, subprocess.CalledProcessError) as group:
                 failed = [str(e) for e in group.exceptions]
             finally:

@@ -55,6 +55,11 @@ def quiet_client_logs() -> None:
 
 
 def keys_for(settings: Settings) -> Keys:
+    if settings.redis_shards == 1 and settings.redis_url.split("://", 1)[0].endswith("+cluster"):
+        log.warning(
+            "a Redis Cluster with LIVECOMMENTS_REDIS_SHARDS=1: every video and stream is on one slot, so"
+            " on one master; set it (e.g. 16) to spread them"
+        )
     return Keys(settings.redis_prefix, settings.redis_shards)
 
 
@@ -94,6 +99,20 @@ async def common(settings: Settings) -> AsyncIterator[Common]:
         yield Common(settings, redis, keys_for(settings), cold, issuer, Metrics(), lsock)
 
 
+def hot_store(redis: Redis, keys: Keys, settings: Settings) -> HotStore:
+    from adapters.redis.hotstore import HotStore
+
+    return HotStore(
+        redis,
+        keys,
+        hot_size=settings.hot_size,
+        ttl_s=settings.hot_ttl_s,
+        window_ms=settings.reorder_window_ms,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
+    )
+
+
 def redis_check(redis: Redis) -> Callable[[], Awaitable[None]]:
     async def redis_reachable() -> None:
         await redis.ping()
@@ -109,7 +128,7 @@ def redis_check(redis: Redis) -> Callable[[], Awaitable[None]]:
 async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     from adapters.redis.broker import RedisBroker
     from adapters.redis.bus import RedisBus
-    from adapters.redis.hotstore import ClusterStore, HotStore
+    from adapters.redis.hotstore import ClusterStore
     from adapters.redis.moderation import RedisModerationQueue, RedisModerationStore
     from adapters.redis.ratelimit import RedisRateLimiter
     from ingest.moderation.automod import ModerationMetrics
@@ -128,9 +147,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         # keeps a read cache that follows changes. Accepted comments go to the moderation
         # streams, which `livecomments moderate` workers drain off the posting path.
         mod_store = RedisModerationStore(c.redis, c.keys)
-        hot = HotStore(
-            c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms
-        )
+        hot = hot_store(c.redis, c.keys, settings)
         store = ClusterStore(hot, c.cold)
         bus = RedisBus(c.redis, c.keys)
         limiter = RedisRateLimiter(c.redis, c.keys)
@@ -182,7 +199,7 @@ def cluster_stats(rooms: Rooms, presence: Presence, hot: HotStore) -> VideoStats
 
 async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     from adapters.redis.bus import RedisBus
-    from adapters.redis.hotstore import ClusterStore, HotStore
+    from adapters.redis.hotstore import ClusterStore
     from adapters.redis.presence import Presence
     from adapters.redis.snapshots import SnapshotPublisher
     from rms.room import Rooms
@@ -194,9 +211,7 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
     async with common(settings) as c:
         settings = c.settings
         me = node_id(settings, "rms")
-        hot = HotStore(
-            c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms
-        )
+        hot = hot_store(c.redis, c.keys, settings)
         recent_store = ClusterStore(hot, c.cold)
         bus = RedisBus(
             c.redis,
@@ -295,7 +310,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
     and remove what the rules or the classifier flag, as a delete would."""
     from adapters.redis.broker import RedisBroker
     from adapters.redis.bus import RedisBus
-    from adapters.redis.hotstore import ClusterStore, HotStore
+    from adapters.redis.hotstore import ClusterStore
     from adapters.redis.moderation import RedisModerationSource, RedisModerationStore
     from adapters.redis.ratelimit import RedisRateLimiter
     from ingest.moderation.automod import Automod, ModerationMetrics
@@ -309,7 +324,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
 
     metrics = Metrics()
     async with open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s) as redis, open_store(settings, wait_for_cql=False) as cold:
-        hot = HotStore(redis, keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms)
+        hot = hot_store(redis, keys, settings)
         mod_store = RedisModerationStore(redis, keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()

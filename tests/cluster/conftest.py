@@ -2,6 +2,11 @@
 a free port, restartable on the same port), clusters started with ``livecomments cluster
 up`` against it, and a key prefix per test so that tests sharing the Redis never meet.
 
+Two more Redis topologies, each started once per session and only when a test asks
+for it: ``redis_cluster`` (3 masters, 3 replicas, ``redis-server --cluster-enabled``)
+and ``redis_sentinel`` (a primary, a replica, 3 sentinels). Tests that kill one of their
+servers restart it and wait until the topology is whole again before they end.
+
 redis-server and nginx must be installed (``make test`` installs them through
 ``scripts/setup.sh --system``).
 """
@@ -25,6 +30,7 @@ import pytest
 
 from adapters.redis.client import open_redis
 from adapters.redis.keys import Keys
+from livecomments.redis_local import LocalRedisCluster, LocalSentinel
 
 _ids = itertools.count()
 
@@ -112,3 +118,29 @@ def keys(prefix: str) -> Keys:
 async def redis(redis_server: RedisServer) -> AsyncIterator[Any]:
     async with open_redis(redis_server.url) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of 3 masters with one replica each (node timeout 1 s)."""
+    directory = Path(tempfile.mkdtemp(prefix="lc-rcluster-"))
+    cluster = LocalRedisCluster(directory, masters=3, replicas=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[LocalSentinel]:
+    """A primary, one replica and three sentinels (down after 1 s)."""
+    directory = Path(tempfile.mkdtemp(prefix="lc-rsentinel-"))
+    sentinel = LocalSentinel(directory, replicas=1, sentinels=3)
+    try:
+        sentinel.start()
+        yield sentinel
+    finally:
+        sentinel.stop()
+        shutil.rmtree(directory, ignore_errors=True)

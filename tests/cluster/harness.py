@@ -104,6 +104,9 @@ class ClusterProcess:
             pid = (self.info.get(part) or {}).get("pid")
             if pid and (part == "nginx" or self.info[part].get("started_here")):
                 _kill_quietly(pid)
+        if not any(a.startswith("--redis-url") for a in self.cmd):  # servers it started itself
+            for server in (self.info.get("redis") or {}).get("nodes", []):
+                _kill_quietly(server["pid"])
         return code
 
     def cleanup(self) -> None:

@@ -18,6 +18,7 @@ import trio
 
 from adapters.redis import scripts
 from adapters.redis.bus import decode
+from adapters.redis.client import shard_subscriber
 from adapters.redis.hotstore import AppendCall, pad, record_json
 from adapters.redis.keys import Keys
 from domain.ids import SnowflakeGenerator, snowflake_ms
@@ -48,7 +49,7 @@ def s(value: Any) -> str:
 
 @asynccontextmanager
 async def listening(redis: Any, channel: str) -> AsyncIterator[Any]:
-    async with redis.pubsub(ignore_subscribe_messages=True) as ps:
+    async with shard_subscriber(redis) as ps:  # the scripts SPUBLISH on shard channels
         await ps.subscribe(channel)
         yield ps
 

@@ -174,15 +174,15 @@ async def test_bus_releases_each_video_in_id_order(redis: Any, keys: Keys) -> No
         await nursery.start(bus.run)
         await bus.wait_connected()
         await bus.subscribe("v1", got.append)
-        assert await redis.pubsub_numsub(keys.channel("v1")) == {keys.channel("v1").encode(): 1}
+        assert await redis.pubsub_shardnumsub(keys.channel("v1")) == {keys.channel("v1").encode(): 1}
         t = now_ms()
         late_worker, early_worker = SnowflakeGenerator(1), SnowflakeGenerator(2)
         ahead = comment("v1", 1, cid=early_worker.next_id(t))
         behind = comment("v1", 2, cid=late_worker.next_id(t - 20))  # a lower id, published later
         removed = comment("v1", 3, cid=early_worker.next_id(t))
         for c in (ahead, removed, behind):
-            await redis.publish(keys.channel("v1"), encode(c))
-        await redis.publish(keys.channel("v1"), encode(Removal("v1", removed.id)))
+            await redis.spublish(keys.channel("v1"), encode(c))
+        await redis.spublish(keys.channel("v1"), encode(Removal("v1", removed.id)))
         await eventually(lambda: len([e for e in got if isinstance(e, Comment)]) >= 2, what="two releases")
         await eventually(lambda: not bus.buffer.next_release_ms(), what="nothing held any more")
         assert [e.id for e in got if isinstance(e, Comment)] == [behind.id, ahead.id]
@@ -190,7 +190,7 @@ async def test_bus_releases_each_video_in_id_order(redis: Any, keys: Keys) -> No
         await bus.unsubscribe("v1", got.append)
 
         async def unsubscribed() -> bool:
-            return bool(await redis.pubsub_numsub(keys.channel("v1")) == {keys.channel("v1").encode(): 0})
+            return bool(await redis.pubsub_shardnumsub(keys.channel("v1")) == {keys.channel("v1").encode(): 0})
 
         await eventually(unsubscribed, what="the channel to be unsubscribed")
         nursery.cancel_scope.cancel()

@@ -33,6 +33,16 @@ def test_the_websocket_resume_rate_is_a_setting() -> None:
     assert load(parse(), {"LIVECOMMENTS_WS_RESUME_RATE": "1/s"}).ws_resume_rate == "1/s"
 
 
+def test_waiting_for_redis_replicas_is_off_by_default_and_bounded() -> None:
+    assert (Settings().redis_wait_replicas, Settings().redis_wait_timeout_ms) == (0, 100)
+    s = load(parse(), {"LIVECOMMENTS_REDIS_WAIT_REPLICAS": "1", "LIVECOMMENTS_REDIS_WAIT_TIMEOUT_MS": "250"})
+    assert (s.redis_wait_replicas, s.redis_wait_timeout_ms) == (1, 250)
+    with pytest.raises(ValueError, match="redis_wait"):
+        load(parse(), {"LIVECOMMENTS_REDIS_WAIT_REPLICAS": "-1"})
+    with pytest.raises(ValueError, match="redis_wait"):
+        load(parse(), {"LIVECOMMENTS_REDIS_WAIT_TIMEOUT_MS": "0"})
+
+
 def test_the_environment_is_read_only_when_given() -> None:
     assert load(None, {}) == Settings()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.redis.keys import Keys
+from adapters.redis.keys import Keys, cluster_slot
 
 videos = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=24)
 prefixes = st.text("abcxyz0123_", min_size=1, max_size=6)
@@ -34,6 +34,10 @@ def test_a_videos_keys_and_its_streams_share_one_slot(prefix: str, shards: int, 
     k = Keys(prefix, shards)
     tags = {hash_tag(key) for key in video_keys(k, video)}
     assert tags == {str(k.slot(video))}
+    # The channel too: the append script SPUBLISHes on it, which a cluster allows only in
+    # the script's slot.
+    assert hash_tag(k.channel(video)) == str(k.slot(video))
+    assert {cluster_slot(key) for key in [*video_keys(k, video), k.channel(video)]} == {cluster_slot(f"{{{k.slot(video)}}}")}
     assert 0 <= k.slot(video) < shards
     assert k.stream_of(video) in k.streams() and k.moderation_stream_of(video) in k.moderation_streams()
 
@@ -58,8 +62,17 @@ def test_no_two_keys_collide(p1: str, p2: str, shards: int, v1: str, v2: str) ->
         assert not set(names) & set([*video_keys(b, v1), b.bans(), b.moderation_version()])
 
 
-@given(prefixes, videos)
-def test_a_channel_names_its_video(prefix: str, video: str) -> None:
-    k = Keys(prefix)
+@given(prefixes, st.integers(1, 64), videos)
+def test_a_channel_names_its_video(prefix: str, shards: int, video: str) -> None:
+    k = Keys(prefix, shards)
     assert k.channel_video(k.channel(video)) == video
-    assert Keys(prefix + "x").channel_video(k.channel(video)) is None
+    assert Keys(prefix + "x", shards).channel_video(k.channel(video)) is None
+    assert k.channel_video(k.recent(video)) is None
+
+
+def test_cluster_slot_is_redis_clusters() -> None:
+    # Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+    assert cluster_slot("123456789") == 0x31C3
+    assert cluster_slot("foo") == 12182
+    assert cluster_slot("{user1000}.following") == cluster_slot("user1000")
+    assert cluster_slot("foo{{bar}}zap") == cluster_slot("{bar")

@@ -1,8 +1,11 @@
-"""The cluster bus: Redis pub/sub, one channel per video, with per-video ordering.
+"""The cluster bus: Redis sharded pub/sub, one channel per video, with per-video ordering.
 
 An rms node subscribes to a video's channel while it has a room for the video (the room
 subscribes when it opens and unsubscribes when it closes), so Redis only sends a node
-the videos its viewers watch.
+the videos its viewers watch. Channels are shard channels (``SPUBLISH``/``SSUBSCRIBE``)
+named with the video's hash tag (``Keys.channel``): in a Redis Cluster a video's
+messages stay on the master that owns its slot, instead of being broadcast to every
+node as classic ``PUBLISH`` is; the subscriber holds one connection per master.
 
 Ordering. Comment ids are Snowflakes from several ingest processes, so Redis can accept
 (and publish) id 1005 from one worker before id 1003 from another. A node must never
@@ -29,11 +32,18 @@ is 2 s). A comment that still arrives after a higher id was released (only if th
 clocks drift apart by more than the margin) is delivered anyway and counted in
 ``livecomments_bus_late_comments``.
 
-Redis restarts. The subscriber connection is ours: when it breaks, the bus reconnects
-with jittered backoff, resubscribes every channel, and backfills each video from the
-hot store (everything after the last id it released) and the removals recorded since
-the outage began; the backfill goes through the same buffer, so order and de-duplication
-hold across the outage.
+Redis restarts and failovers. The subscriber connection is ours: when it breaks, the bus
+reconnects with jittered backoff, resubscribes every channel, and backfills each video
+from the hot store (everything after the last id it released) and the removals recorded
+since the outage began; the backfill goes through the same buffer, so order and
+de-duplication hold across the outage. A Sentinel client finds the new primary on its
+own when it reconnects; a Redis Cluster client is told of each failed attempt
+(``client.note_failure``) so that it re-reads the slot map and finds the promoted
+replica. On a cluster, a failure of any master's connection restarts the whole
+subscriber (every video is backfilled, not only the failed master's): simpler, and a
+backfill of a video that missed nothing reads one page and adds nothing. A
+``sunsubscribe`` that the bus did not ask for (the slot moved: a manual failover or a
+resharding) restarts it too.
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from adapters.redis.client import REDIS_ERRORS, Redis
+from adapters.redis.client import REDIS_ERRORS, Redis, note_failure, shard_subscriber
 from adapters.redis.keys import Keys
 from adapters.retry import Retry
 from domain.errors import Unavailable
@@ -66,6 +76,10 @@ SUBSCRIBE_CHUNK = 256
 SUBSCRIBE_TIMEOUT_S = 3.0
 JOIN_SLACK_MS = 1000
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, trio.TooSlowError)
+# coredis' cluster subscriber raises KeyError for a channel whose slot has moved to a master
+# it holds no connection to (the slot map changed under it): a fresh subscriber fixes that.
+SUBSCRIBER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, KeyError)
+UNSUBSCRIBED = ("unsubscribe", "sunsubscribe")
 READ_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, StoreUnavailable)
 RECONNECT = Backoff(initial_s=0.1, max_s=2.0)  # the subscriber connection's jittered back-off
 
@@ -153,7 +167,7 @@ class RedisBus:
 
     async def publish(self, video_id: str, event: BusEvent) -> None:
         try:
-            await self.redis.publish(self.keys.channel(video_id), encode(event))
+            await self.redis.spublish(self.keys.channel(video_id), encode(event))
         except REDIS_ERRORS as e:
             raise Unavailable(f"the bus is unavailable: {e}") from None
 
@@ -171,7 +185,7 @@ class RedisBus:
         try:
             with trio.fail_after(SUBSCRIBE_TIMEOUT_S):
                 await ps.subscribe(self.keys.channel(video_id))
-        except CONNECTION_ERRORS as e:
+        except SUBSCRIBER_ERRORS as e:
             # The connection may look alive but is not serving us: start a fresh one, which
             # subscribes every channel and backfills.
             log.warning("bus: subscribing %s failed (%s); reconnecting", video_id, e)
@@ -234,10 +248,11 @@ class RedisBus:
                 if self._forced:  # _restart_connection: treat as an outage from now
                     self._forced = False
                     self._down_since_ms = self._down_since_ms or self.wall_ms()
-            except* CONNECTION_ERRORS as group:
+            except* SUBSCRIBER_ERRORS as group:
                 err: BaseException = group
                 while isinstance(err, BaseExceptionGroup) and err.exceptions:
                     err = err.exceptions[0]
+                note_failure(self.redis, err)
                 if self._down_since_ms is None:
                     self._down_since_ms = self.wall_ms()
                     log.warning("bus: lost the Redis subscriber connection (%s); reconnecting", err)
@@ -251,7 +266,7 @@ class RedisBus:
     async def _listen(self) -> None:
         """One subscriber connection: subscribe every channel, backfill if this is a
         reconnection, then dispatch messages until the connection fails."""
-        async with self.redis.pubsub(retry_policy=None, ignore_subscribe_messages=True) as ps:
+        async with shard_subscriber(self.redis) as ps:
             self._ps = ps
             videos = list(self.buffer.channels)
             for i in range(0, len(videos), SUBSCRIBE_CHUNK):
@@ -269,8 +284,19 @@ class RedisBus:
                 self._down_since_ms = None
             while True:
                 msg = await ps.get_message()
-                if msg is not None and msg["type"] == "message" and isinstance(msg["data"], (bytes, str)):
+                if msg is None:
+                    continue
+                if msg["type"] == "message" and isinstance(msg["data"], (bytes, str)):
                     self._dispatch(msg["channel"], msg["data"])
+                elif msg["type"] in UNSUBSCRIBED and self._still_wanted(msg["channel"]):
+                    log.warning("bus: Redis unsubscribed %s (its slot moved); resubscribing everything", msg["channel"])
+                    self._restart_connection()
+                    return
+
+    def _still_wanted(self, channel: Any) -> bool:
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        video_id = self.keys.channel_video(name)
+        return video_id is not None and video_id in self._handlers
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel

@@ -21,6 +21,15 @@ it checks the id's time against Redis' clock (the reorder window, see ``bus``), 
 ``recent`` and trims it, appends to the stream, counts the rate and publishes the
 comment on the video's channel, atomically. So a comment is on the bus exactly when it
 is readable from the hot store, and in the order Redis accepted it.
+
+Replication. Redis replicates asynchronously: a master that dies may take with it
+writes it had answered but not yet sent to its replica, and the replica promoted in
+its place never had them. With ``wait_replicas`` = n > 0, ``append`` and ``remove`` send
+``WAIT n wait_timeout_ms`` on the connection that ran the script (coredis'
+``ensure_replication``) and return only once n replicas have the write; when fewer
+confirm in time they raise ``NotReplicated`` (a 503 for the poster). The write has
+happened on the master and was published: the comment may still be seen and kept (if
+the master lives on), or lost (if it dies before replicating). See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -29,9 +38,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 from coredis import PureToken
+from coredis.exceptions import ReplicationError
 
 from adapters.redis import scripts
 from adapters.redis.client import REDIS_ERRORS, Redis
@@ -62,6 +73,12 @@ def from_member(m: bytes | str) -> Comment:
 
 class LateComment(StoreUnavailable):
     """Redis refused the comment: its id's time is outside the reorder window."""
+
+
+class NotReplicated(StoreUnavailable):
+    """The write happened on the master (and was published) but fewer than
+    ``wait_replicas`` replicas confirmed it within ``wait_timeout_ms``: a failover now
+    could lose it, so it is not acknowledged."""
 
 
 @attrs.frozen(kw_only=True)
@@ -125,21 +142,42 @@ class HotStore:
         ttl_s: int = 86400,
         window_ms: int = 250,
         tombstones: int = 1000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
+        if wait_replicas < 0 or wait_timeout_ms < 1:
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
         self.redis = redis
         self.keys = keys
         self.hot_size = hot_size
         self.ttl_s = ttl_s
         self.window_ms = window_ms
         self.tombstones_kept = tombstones
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.not_replicated = 0  # writes answered NotReplicated
         self._append = scripts.register(redis, "append")
         self._remove = scripts.register(redis, "remove")
+
+    async def _write(self, script: scripts.ScriptCall, keys: list[str], args: list[str | int]) -> Any:
+        """Run a writing script; with ``wait_replicas``, also WAIT on its connection."""
+        if not self.wait_replicas:
+            return await script(keys=keys, args=args)
+        try:
+            with self.redis.ensure_replication(self.wait_replicas, self.wait_timeout_ms):
+                return await script(keys=keys, args=args)
+        except ReplicationError:
+            self.not_replicated += 1
+            raise NotReplicated(
+                f"written on the Redis master but not confirmed by {self.wait_replicas} replica(s) within"
+                f" {self.wait_timeout_ms} ms; it may still appear"
+            ) from None
 
     async def append(self, comment: Comment) -> bool:
         """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
         when its id's time is more than the window away from Redis' clock."""
         call = AppendCall.of(comment, self.keys, window_ms=self.window_ms, hot_size=self.hot_size, ttl_s=self.ttl_s)
-        res = await self._append(keys=call.script_keys(), args=call.script_args())
+        res = await self._write(self._append, call.script_keys(), call.script_args())
         status = int(res[0])
         if status == 0:
             skew = snowflake_ms(comment.id) - int(res[1])
@@ -150,9 +188,10 @@ class HotStore:
         """Take a comment out of ``recent`` (True if it was there) and record a tombstone;
         the removal goes down the stream to the cold store."""
         k = self.keys
-        res = await self._remove(
-            keys=[k.recent(video_id), k.tombstones(video_id), k.stream_of(video_id)],
-            args=[pad(comment_id), str(comment_id), video_id, self.tombstones_kept, self.ttl_s],
+        res = await self._write(
+            self._remove,
+            [k.recent(video_id), k.tombstones(video_id), k.stream_of(video_id)],
+            [pad(comment_id), str(comment_id), video_id, self.tombstones_kept, self.ttl_s],
         )
         return int(res) == 1
 

@@ -11,7 +11,12 @@ Lua script may only touch keys of one slot, so:
   cluster must use the same value;
 - the moderation state (bans, settings, log, version) shares the tag ``{mod}``: each
   change and its log entry are one script;
-- the keys of one rate-limit call share the tag of its first key (``{user:U}``).
+- the keys of one rate-limit call share the tag of its first key (``{user:U}``);
+- a video's pub/sub channel carries the video's tag too: it is a shard channel
+  (``SPUBLISH`` / ``SSUBSCRIBE``, Redis 7), which a Redis Cluster keeps on the master
+  that owns the slot, and a script may only ``SPUBLISH`` to a channel of its own slot.
+
+``cluster_slot(key)`` is Redis Cluster's slot of a key (CRC16 of its hash tag).
 
 | key (prefix ``lc``, video ``v`` in slot ``n``) | type | what |
 | --- | --- | --- |
@@ -30,7 +35,7 @@ Lua script may only touch keys of one slot, so:
 | ``lc:{mod}:log:<scope>`` | sorted set | moderation log entries (lexicographic) |
 | ``lc:{mod}:version`` | string | bumped by every ban, unban and settings change |
 | ``lc:ratelimit:{first}:<key>`` | sorted set | event times of one rate-limit key |
-| channel ``lc:events:v`` | pub/sub | the video's bus (comments, removals, modes) |
+| channel ``lc:{n}:events:v`` | shard pub/sub | the video's bus (comments, removals, modes) |
 """
 
 from __future__ import annotations
@@ -38,6 +43,23 @@ from __future__ import annotations
 import zlib
 
 import attrs
+
+
+def cluster_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key``: CRC16 (XMODEM) of its hash tag (the first
+    non-empty ``{...}``, else the whole key) mod 16384."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    crc = 0
+    for byte in key.encode():
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc % 16384
 
 
 @attrs.frozen
@@ -137,11 +159,15 @@ class Keys:
         call (``user:U`` for a post), so the keys checked together share a slot."""
         return f"{self.prefix}:ratelimit:{{{group}}}:{key}"
 
-    # -- pub/sub channels (not keys: no slot) ------------------------------------------------
+    # -- pub/sub channels (shard channels: the video's tag) ------------------------------------
 
     def channel(self, video_id: str) -> str:
-        return f"{self.prefix}:events:{video_id}"
+        """The video's shard channel (``SPUBLISH``/``SSUBSCRIBE``), in the video's slot."""
+        return f"{self._tag(video_id)}:events:{video_id}"
 
     def channel_video(self, channel: str) -> str | None:
-        head = f"{self.prefix}:events:"
-        return channel[len(head) :] if channel.startswith(head) else None
+        head = f"{self.prefix}:{{"
+        if not channel.startswith(head):
+            return None
+        tag, sep, rest = channel[len(head) :].partition("}:events:")
+        return rest if sep and tag.isdigit() else None

@@ -2,11 +2,13 @@
 -- Called through hotstore.AppendCall, which builds KEYS and ARGV in one place.
 -- KEYS: 1 recent (sorted set), 2 meta (hash), 3 the video's stream, 4 rate (hash)
 -- ARGV: 1 padded id, 2 padded id - 1, 3 the id's ms, 4 window ms, 5 hot size, 6 ttl s,
---       7 channel, 8 bus payload, 9 video, 10 record (JSON)
+--       7 channel (the video's shard channel: same slot as KEYS), 8 bus payload, 9 video,
+--       10 record (JSON)
 -- Refuses an id whose time is more than the window away from Redis' clock ({0, now}),
--- ignores an id already there ({2, now}); otherwise adds the member "padded id:record",
--- trims to the hot size (raising the floor), appends to the stream, counts the second
--- and publishes the payload, atomically ({1, now}).
+-- ignores an id already there ({2, now}, only refreshing the expiry); otherwise adds
+-- the member "padded id:record", trims to the hot size (raising the floor), appends to
+-- the stream, counts the second and publishes the payload on the shard channel
+-- (SPUBLISH), atomically ({1, now}).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id_ms = tonumber(ARGV[3])
@@ -16,6 +18,9 @@ if id_ms < now - window or id_ms > now + window then
 end
 local p = ARGV[1]
 if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. p .. ':', '(' .. p .. ';', 'LIMIT', 0, 1) > 0 then
+  -- A write all the same, so that a WAIT after this call also covers the first write of
+  -- this id (earlier in the replication stream than this one).
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
   return {2, now}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -44,5 +49,5 @@ local sec = math.floor(now / 1000)
 redis.call('HINCRBY', KEYS[4], sec, 1)
 redis.call('HDEL', KEYS[4], sec - 12)
 redis.call('EXPIRE', KEYS[4], 15)
-redis.call('PUBLISH', ARGV[7], ARGV[8])
+redis.call('SPUBLISH', ARGV[7], ARGV[8])
 return {1, now}

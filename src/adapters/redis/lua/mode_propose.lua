@@ -1,6 +1,6 @@
 -- Propose a fan-out mode change for a video (redis.presence.Presence.decide_hook).
 -- KEYS: 1 the video's mode ("mode:changed_ms")
--- ARGV: 1 from, 2 to, 3 dwell ms, 4 channel, 5 payload of the mode event
+-- ARGV: 1 from, 2 to, 3 dwell ms, 4 the video's shard channel (same slot), 5 payload of the mode event
 -- Changes the mode only if the proposer saw the current one and it was held for the dwell
 -- time, then publishes the event. Returns the mode in force after the proposal.
 local t = redis.call('TIME')
@@ -16,5 +16,5 @@ if mode ~= ARGV[1] or mode == ARGV[2] or now - since < tonumber(ARGV[3]) then
   return mode
 end
 redis.call('SET', KEYS[1], ARGV[2] .. ':' .. now, 'EX', 86400)
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('SPUBLISH', ARGV[4], ARGV[5])
 return ARGV[2]
