@@ -110,6 +110,9 @@ class Settings:
     presence_interval_s: float = _setting(1.0, "seconds between viewer count reports", kind=float)
     node_id: str = _setting("", "name of this node in presence and consumer groups (default: host-pid)")
     persist_batch: int = _setting(500, "stream entries the persist worker writes per batch", kind=int)
+    stream_linger_ms: int = _setting(
+        100, "persist and moderate workers wait this long after a batch that was not full, so batches fill", kind=int
+    )
     proxy_hops: int = _setting(0, "trusted reverse proxies in front (X-Forwarded-For is read through them)", kind=int)
 
     def url(self) -> str:
@@ -154,6 +157,8 @@ def check(s: Settings) -> None:
         raise ValueError("store must be sqlite or scylla")
     if s.moderation_queue < 1 or s.moderation_workers < 0 or s.moderation_users_max < 1:
         raise ValueError("moderation_queue and moderation_users_max must be positive, moderation_workers not negative")
+    if s.persist_batch < 1 or s.stream_linger_ms < 0:
+        raise ValueError("persist_batch must be positive and stream_linger_ms not negative")
     if s.viewer_sndbuf < 0:
         raise ValueError("viewer_sndbuf must not be negative (0: the kernel's autotuning)")
     if s.classifier and ":" not in s.classifier:

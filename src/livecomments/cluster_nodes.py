@@ -2,9 +2,10 @@
 
 The same parts as the all-in-one server (``node.serve``), with Redis in the middle:
 
-- ``ingest`` (stateless, N of them): the Quart app's posting, moderation and sign-in
-  routes on Hypercorn. Comments go to the Redis hot store (which publishes them), the
-  rate limit is the shared Redis one, removals are published on the Redis bus.
+- ``ingest`` (stateless, N of them): posts on the lean front door, the Quart app's
+  moderation and sign-in routes on Hypercorn. A post is one Redis call: the shared rate
+  limit and the append to the hot store (which publishes it and queues it for the
+  ``moderate`` workers) in one script; removals are published on the Redis bus.
 - ``rms`` (stateful, N of them): the lean front door for event streams plus the Quart
   app's long-poll, history, snapshot and stats routes; rooms subscribe to their video's
   Redis channel, read recent comments from the hot store (history from the cold store),
@@ -109,8 +110,9 @@ def redis_check(redis: Redis) -> Callable[[], Awaitable[None]]:
 async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     from adapters.redis.broker import RedisBroker
     from adapters.redis.bus import RedisBus
+    from adapters.redis.client import is_cluster
     from adapters.redis.hotstore import ClusterStore, HotStore
-    from adapters.redis.moderation import RedisModerationQueue, RedisModerationStore
+    from adapters.redis.moderation import MODERATION_STREAM_MAX, RedisModerationStore
     from adapters.redis.ratelimit import RedisRateLimiter
     from ingest.moderation.automod import ModerationMetrics
     from ingest.moderation.bans import ModerationService
@@ -125,20 +127,24 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         settings = c.settings
         mod_metrics = ModerationMetrics(c.metrics.registry)
         # Bans, slow mode and the log live in Redis, shared by every ingest process; each
-        # keeps a read cache that follows changes. Accepted comments go to the moderation
-        # streams, which `livecomments moderate` workers drain off the posting path.
+        # keeps a read cache that follows changes. The append script puts each accepted
+        # comment on its moderation stream too, which `livecomments moderate` workers
+        # drain off the posting path.
         mod_store = RedisModerationStore(c.redis, c.keys)
         hot = HotStore(
-            c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms
-        )
+            c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms,
+            moderation_max=MODERATION_STREAM_MAX,
+        )  # fmt: skip
         store = ClusterStore(hot, c.cold)
         bus = RedisBus(c.redis, c.keys)
         limiter = RedisRateLimiter(c.redis, c.keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
-        mod_queue = RedisModerationQueue(c.redis, c.keys, mod_metrics, buffer=settings.moderation_queue)
+        # A post is one Redis call: its rate limits and the append in one script (two calls
+        # on a Redis Cluster, where the user's and the video's keys live in other slots).
+        broker = RedisBroker(hot, limiter, one_call=not is_cluster(c.redis), moderation_queued=mod_metrics.queued.inc)
         comments = CommentService(
-            settings, RedisBroker(hot), store, bus, limiter, c.metrics, moderation=moderation, queue=mod_queue
+            settings, broker, store, bus, limiter, c.metrics, moderation=moderation, limited=broker
         )
         pipeline = PostPipeline(comments, c.issuer, settings.max_body)
         node = Node(settings, c.issuer, c.metrics, ready_checks=(redis_check(c.redis),))
@@ -146,7 +152,6 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         # Posts on the lean path, as in the all-in-one server; the rest through Hypercorn.
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, pipeline=pipeline)
         async with trio.open_nursery() as root:
-            await root.start(mod_queue.run)
             root.start_soon(mod_store.watch, moderation.load)
             await handoff.start(root)
             await root.start(front.serve, [c.lsock])
@@ -266,7 +271,10 @@ async def run_persist(settings: Settings, *, until: Callable[[], Awaitable[None]
                     note(video_id, count)
 
             viewers = ViewerFeed(presence.total, note_viewers, interval_s=settings.presence_interval_s)
-        worker = PersistWorker(redis, keys, cold, consumer=me, batch=settings.persist_batch, viewers=viewers)
+        worker = PersistWorker(
+            redis, keys, cold, consumer=me, batch=settings.persist_batch, linger_s=settings.stream_linger_ms / 1000,
+            viewers=viewers,
+        )  # fmt: skip
         async with trio.open_nursery() as root:
             root.start_soon(worker.run)
             target = settings.scylla_hosts if settings.store == "scylla" else os.path.join(settings.data_dir, "comments.sqlite3")
@@ -318,7 +326,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
             metrics, moderation=moderation,
         )
         automod = Automod.loader(settings, ModerationMetrics(metrics.registry))(remover)
-        source = RedisModerationSource(redis, keys, automod, consumer=me)
+        source = RedisModerationSource(redis, keys, automod, consumer=me, linger_s=settings.stream_linger_ms / 1000)
         async with trio.open_nursery() as root:
             root.start_soon(mod_store.watch, moderation.load)
             root.start_soon(automod.watch_rules)

@@ -18,9 +18,12 @@ Per video (key names in ``keys.Keys``):
 
 ``append`` is one Lua script (``lua/append.lua``, its arguments built by ``AppendCall``):
 it checks the id's time against Redis' clock (the reorder window, see ``bus``), adds to
-``recent`` and trims it, appends to the stream, counts the rate and publishes the
-comment on the video's channel, atomically. So a comment is on the bus exactly when it
-is readable from the hot store, and in the order Redis accepted it.
+``recent`` and trims it, appends to the stream (and, with ``moderation_max``, a comment
+that is not shadowed to the video's moderation stream, capped at about that length),
+counts the rate and publishes the comment on the video's channel, atomically. So a
+comment is on the bus exactly when it is readable from the hot store, and in the order
+Redis accepted it. ``append_within`` is the same step behind the post's rate limits, in
+one call (``lua/post.lua``): a post on an ingest node is one round trip to Redis.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 from coredis import PureToken
@@ -75,9 +79,12 @@ class AppendCall:
     window_ms: int
     hot_size: int
     ttl_s: int
+    moderation_max: int = 0  # > 0: also onto the moderation stream, capped at about this
 
     @classmethod
-    def of(cls, comment: Comment, keys: Keys, *, window_ms: int, hot_size: int, ttl_s: int) -> AppendCall:
+    def of(
+        cls, comment: Comment, keys: Keys, *, window_ms: int, hot_size: int, ttl_s: int, moderation_max: int = 0
+    ) -> AppendCall:
         return cls(
             keys=keys,
             comment_id=comment.id,
@@ -86,13 +93,19 @@ class AppendCall:
             window_ms=window_ms,
             hot_size=hot_size,
             ttl_s=ttl_s,
+            # A shadowed comment reaches nobody else: nothing to moderate.
+            moderation_max=0 if comment.shadow else moderation_max,
         )
 
     def script_keys(self) -> list[str]:
         k, v = self.keys, self.video_id
-        return [k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)]
+        out = [k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)]
+        if self.moderation_max > 0:
+            out.append(k.moderation_stream_of(v))
+        return out
 
     def script_args(self) -> list[str | int]:
+        tail: list[str | int] = [self.moderation_max] if self.moderation_max > 0 else []
         return [
             pad(self.comment_id),
             pad(self.comment_id - 1),  # the floor of a new sorted set
@@ -104,6 +117,7 @@ class AppendCall:
             '{"t":"c","c":' + self.record + "}",  # what bus.encode makes of the comment
             self.video_id,
             self.record,
+            *tail,
         ]
 
 
@@ -125,6 +139,7 @@ class HotStore:
         ttl_s: int = 86400,
         window_ms: int = 250,
         tombstones: int = 1000,
+        moderation_max: int = 0,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -132,19 +147,43 @@ class HotStore:
         self.ttl_s = ttl_s
         self.window_ms = window_ms
         self.tombstones_kept = tombstones
+        self.moderation_max = moderation_max
         self._append = scripts.register(redis, "append")
+        self._post = scripts.register(redis, "post")
         self._remove = scripts.register(redis, "remove")
 
-    async def append(self, comment: Comment) -> bool:
-        """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
-        when its id's time is more than the window away from Redis' clock."""
-        call = AppendCall.of(comment, self.keys, window_ms=self.window_ms, hot_size=self.hot_size, ttl_s=self.ttl_s)
-        res = await self._append(keys=call.script_keys(), args=call.script_args())
+    def _call(self, comment: Comment) -> AppendCall:
+        return AppendCall.of(
+            comment, self.keys, window_ms=self.window_ms, hot_size=self.hot_size, ttl_s=self.ttl_s,
+            moderation_max=self.moderation_max,
+        )  # fmt: skip
+
+    def _status(self, comment: Comment, res: Any) -> bool:
         status = int(res[0])
         if status == 0:
             skew = snowflake_ms(comment.id) - int(res[1])
             raise LateComment(f"comment id is {skew:+d} ms from Redis time (window {self.window_ms} ms); retry")
         return status == 1
+
+    async def append(self, comment: Comment) -> bool:
+        """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
+        when its id's time is more than the window away from Redis' clock."""
+        call = self._call(comment)
+        return self._status(comment, await self._append(keys=call.script_keys(), args=call.script_args()))
+
+    async def append_within(
+        self, comment: Comment, limit_keys: Sequence[str], limit_args: Sequence[float]
+    ) -> tuple[bool, bool, Any]:
+        """``append`` behind the rate limits of ``lua/sliding_window.lua`` (its KEYS and
+        ARGV, from ``RedisRateLimiter.script_call``), in one call on one Redis server:
+        (allowed, added, the limiter's retry after in ms when not allowed). Nothing is
+        counted or added when a limit refuses; raises ``LateComment`` like ``append``."""
+        call = self._call(comment)
+        keys, args = call.script_keys(), call.script_args()
+        res = await self._post(keys=[*keys, *limit_keys], args=[len(keys), len(args), *args, *limit_args])
+        if int(res[0]) == 3:
+            return False, False, res[1]
+        return True, self._status(comment, res), None
 
     async def remove(self, video_id: str, comment_id: int) -> bool:
         """Take a comment out of ``recent`` (True if it was there) and record a tombstone;
@@ -239,6 +278,11 @@ class ClusterStore:
             raise
         except REDIS_ERRORS as e:
             raise StoreUnavailable(f"Redis: {e}") from None
+
+    async def append_many(self, comments: Sequence[Comment]) -> None:
+        """One append per comment (posts arrive one at a time; nothing batches here)."""
+        for c in comments:
+            await self.append(c)
 
     async def remove(self, video_id: str, comment_id: int) -> bool:
         try:
