@@ -12,6 +12,8 @@ and reports for the measured window:
 - Redis commands per accepted comment, by command: all of them (``INFO commandstats``
   deltas, which count the commands scripts run too) and the ones clients sent, i.e.
   round trips (``MONITOR`` for 2 s after the window, script calls left out);
+- how many of the posts the ingest node served on the lean front door and how many it
+  handed to Hypercorn (``livecomments_posts_served_total{path}``);
 - with ``--profile DIR``: a py-spy flame graph of the ingest, persist and moderate
   processes over the window (``pip install py-spy``).
 
@@ -100,6 +102,22 @@ def monitor(port: int, seconds: float) -> dict[str, int]:
             name = line.split(b'"', 2)[1].decode().lower()
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def posts_served(url: str) -> dict[str, float]:
+    """``livecomments_posts_served_total`` by path (lean | asgi) from a node's /metrics."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+    out: dict[str, float] = {}
+    for line in buf.decode(errors="replace").splitlines():
+        if line.startswith("livecomments_posts_served_total{"):
+            path = line.split('path="', 1)[1].split('"', 1)[0]
+            out[path] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def nginx_pids(master: int) -> list[int]:
@@ -235,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                          "--nonblocking", "-f", args.profile_format, "-o", str(out)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     ))  # fmt: skip
+        ingest_url = next(n["url"] for n in info["nodes"] if n["role"] == "ingest")
+        served0 = posts_served(ingest_url)
         cmds0 = commandstats(redis_port)
         cpu0 = cpu_of(pids)
         parent.send(("snap",))
@@ -247,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - t0
         cpu1 = cpu_of(pids)
         cmds1 = commandstats(redis_port)
+        served1 = posts_served(ingest_url)
         # Round trips: what the clients sent (MONITOR leaves out what scripts ran), while
         # posting goes on; MONITOR itself costs Redis CPU, so only after the window.
         parent.send(("snap",))
@@ -280,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "accepted_per_s": round(accepted / elapsed, 1),
             "statuses": pub_result["statuses"],
             "errors": pub_result["errors"],
+            "ingest_posts_served_by_path": {p: int(served1.get(p, 0) - served0.get(p, 0)) for p in served1},
             "post_ms_p50": round(percentile(lat, 0.5), 2),
             "post_ms_p99": round(percentile(lat, 0.99), 2),
             "cpu_ms_per_comment": {r: round(v, 3) for r, v in per.items()},
