@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -33,7 +35,7 @@ def test_chunks_keep_order_and_respect_both_limits(cs: list[Comment], max_rows: 
         # Over the byte budget only as a row alone (it has to go somewhere).
         assert len(chunk) == 1 or sum(size(c) for c in chunk) <= max_bytes
     # Greedy: a chunk is cut only because the next row would not fit.
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert len(a) == max_rows or sum(size(c) for c in a) + size(b[0]) > max_bytes
 
 
