@@ -112,6 +112,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
     from adapters.redis.bus import RedisBus
     from adapters.redis.client import is_cluster
     from adapters.redis.hotstore import ClusterStore, HotStore
+    from adapters.redis.lean import open_script_pipe
     from adapters.redis.moderation import MODERATION_STREAM_MAX, RedisModerationStore
     from adapters.redis.ratelimit import RedisRateLimiter
     from ingest.moderation.automod import ModerationMetrics
@@ -123,7 +124,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
     from transport.handoff import AsgiHandoff
     from transport.services import IngestParts, Node
 
-    async with common(settings) as c:
+    async with common(settings) as c, open_script_pipe(settings.redis_url, timeout_s=settings.redis_timeout_s) as pipe:
         settings = c.settings
         mod_metrics = ModerationMetrics(c.metrics.registry)
         # Bans, slow mode and the log live in Redis, shared by every ingest process; each
@@ -133,7 +134,7 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         mod_store = RedisModerationStore(c.redis, c.keys)
         hot = HotStore(
             c.redis, c.keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.reorder_window_ms,
-            moderation_max=MODERATION_STREAM_MAX,
+            moderation_max=MODERATION_STREAM_MAX, pipe=pipe,
         )  # fmt: skip
         store = ClusterStore(hot, c.cold)
         bus = RedisBus(c.redis, c.keys)
@@ -141,7 +142,9 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
         # A post is one Redis call: its rate limits and the append in one script (two calls
-        # on a Redis Cluster, where the user's and the video's keys live in other slots).
+        # on a Redis Cluster, where the user's and the video's keys live in other slots),
+        # sent on a connection of its own without coredis' per-command cost (lean.py;
+        # coredis for TLS, Cluster and Sentinel URLs).
         broker = RedisBroker(hot, limiter, one_call=not is_cluster(c.redis), moderation_queued=mod_metrics.queued.inc)
         comments = CommentService(
             settings, broker, store, bus, limiter, c.metrics, moderation=moderation, limited=broker

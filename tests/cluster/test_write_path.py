@@ -24,6 +24,7 @@ from adapters.redis.broker import RedisBroker
 from adapters.redis.bus import RedisBus
 from adapters.redis.hotstore import ClusterStore, HotStore
 from adapters.redis.keys import Keys
+from adapters.redis.lean import open_script_pipe
 from adapters.redis.moderation import RedisModerationSource
 from adapters.redis.persist import PersistWorker
 from adapters.redis.ratelimit import RedisRateLimiter
@@ -36,6 +37,7 @@ from domain.settings import Settings
 from ingest.moderation.automod import Automod, ModerationMetrics
 from ingest.moderation.rules import Limits, Rules, RuleSet
 from ingest.service import CommentService
+from tests.cluster.conftest import RedisServer
 from tests.cluster.test_redis_parts import comment, eventually
 
 
@@ -66,15 +68,17 @@ def delta(before: dict[str, int], after: dict[str, int], name: str) -> int:
 # -- ingest: one call per post -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("one_call", [True, False], ids=["one-redis", "redis-cluster"])
+@pytest.mark.parametrize(
+    ("one_call", "lean"), [(True, True), (True, False), (False, False)], ids=["lean-pipe", "coredis", "redis-cluster"]
+)
 async def test_a_post_is_one_redis_call_with_its_limits_and_both_streams(
-    redis: Any, keys: Keys, tmp_path: Path, one_call: bool
+    redis_server: RedisServer, redis: Any, keys: Keys, tmp_path: Path, one_call: bool, lean: bool
 ) -> None:
-    hot = HotStore(redis, keys, moderation_max=1000)
-    limiter = RedisRateLimiter(redis, keys)
-    queued = ModerationMetrics(CollectorRegistry()).queued
-    broker = RedisBroker(hot, limiter, one_call=one_call, moderation_queued=queued.inc)
-    async with SqliteStore.open(str(tmp_path / "cold.sqlite3")) as cold:
+    async with open_script_pipe(redis_server.url) as pipe, SqliteStore.open(str(tmp_path / "cold.sqlite3")) as cold:
+        hot = HotStore(redis, keys, moderation_max=1000, pipe=pipe if lean else None)
+        limiter = RedisRateLimiter(redis, keys)
+        queued = ModerationMetrics(CollectorRegistry()).queued
+        broker = RedisBroker(hot, limiter, one_call=one_call, moderation_queued=queued.inc)
         service = CommentService(
             Settings(rate_limit="3/60s"), broker, ClusterStore(hot, cold), RedisBus(redis, keys), limiter, Metrics(),
             limited=broker,

@@ -40,6 +40,7 @@ from coredis import PureToken
 from adapters.redis import scripts
 from adapters.redis.client import REDIS_ERRORS, Redis
 from adapters.redis.keys import Keys
+from adapters.redis.lean import LuaScript, ScriptPipe
 from domain.ids import snowflake_ms
 from domain.model import Comment, Removal
 from domain.ports import Store, StoreUnavailable
@@ -140,8 +141,10 @@ class HotStore:
         window_ms: int = 250,
         tombstones: int = 1000,
         moderation_max: int = 0,
+        pipe: ScriptPipe | None = None,
     ) -> None:
         self.redis = redis
+        self.pipe = pipe  # when given, appends go through it rather than coredis (lean.py)
         self.keys = keys
         self.hot_size = hot_size
         self.ttl_s = ttl_s
@@ -151,6 +154,8 @@ class HotStore:
         self._append = scripts.register(redis, "append")
         self._post = scripts.register(redis, "post")
         self._remove = scripts.register(redis, "remove")
+        self._lean_append = LuaScript(scripts.source("append"))
+        self._lean_post = LuaScript(scripts.source("post"))
 
     def _call(self, comment: Comment) -> AppendCall:
         return AppendCall.of(
@@ -169,7 +174,10 @@ class HotStore:
         """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
         when its id's time is more than the window away from Redis' clock."""
         call = self._call(comment)
-        return self._status(comment, await self._append(keys=call.script_keys(), args=call.script_args()))
+        keys, args = call.script_keys(), call.script_args()
+        if self.pipe is not None:
+            return self._status(comment, await self.pipe.call(self._lean_append, keys, args))
+        return self._status(comment, await self._append(keys=keys, args=args))
 
     async def append_within(
         self, comment: Comment, limit_keys: Sequence[str], limit_args: Sequence[float]
@@ -180,7 +188,11 @@ class HotStore:
         counted or added when a limit refuses; raises ``LateComment`` like ``append``."""
         call = self._call(comment)
         keys, args = call.script_keys(), call.script_args()
-        res = await self._post(keys=[*keys, *limit_keys], args=[len(keys), len(args), *args, *limit_args])
+        all_keys, all_args = [*keys, *limit_keys], [len(keys), len(args), *args, *limit_args]
+        if self.pipe is not None:
+            res = await self.pipe.call(self._lean_post, all_keys, all_args)
+        else:
+            res = await self._post(keys=all_keys, args=all_args)
         if int(res[0]) == 3:
             return False, False, res[1]
         return True, self._status(comment, res), None
