@@ -46,7 +46,7 @@ class Settings:
     reaction_rate_limit: str = attrs.field(default="30/10s", validator=_rate, metadata={"help": "reactions per user (N/period)", "kind": str})
     ws_resume_rate: str = attrs.field(default="5/10s", validator=_rate, metadata={"help": "WebSocket resume messages per connection (N/period); more get an error rate_limited", "kind": str})
     moderation_rules: str = _setting("", "blocked words and patterns file for automod (docs/moderation.md); empty: none")
-    moderation_queue: int = _setting(10000, "comments waiting for automod; when full, new ones skip moderation", kind=int)
+    moderation_queue: int = _setting(10000, "comments waiting for automod (all-in-one server; a cluster queues in Redis); when full, new ones skip moderation", kind=int)
     moderation_workers: int = _setting(2, "automod worker tasks in this process (0: queue only)", kind=int)
     moderation_new_account_min: float = _setting(10.0, "automod removes links from accounts first seen less than this many minutes ago (0: off)", kind=float)
     moderation_repeat: str = attrs.field(default="3/60s", validator=_rate_or_off, metadata={"help": "automod removes the same text from one user N times per period in a video (off: never)", "kind": str})

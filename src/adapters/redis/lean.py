@@ -208,6 +208,8 @@ class ScriptPipe:
             raise ConnectionError(f"Redis gave no answer within {self.timeout_s:g} s") from None
 
     async def _send(self, conn: _Conn, data: bytes) -> Any:
+        if conn.closed:  # broke since the caller got it
+            raise ConnectionError("Redis connection lost")
         if len(conn.pending) >= self.max_pending:
             raise ConnectionError(f"{self.max_pending} Redis calls in flight already")
         slot = _Slot()
