@@ -9,11 +9,13 @@ itself (a room's ring). Removed comments are never returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from backpressure.tiers import Mode
 from domain.model import BusGap, Comment, ModeChange, Reaction, Removal
+from policy.rate import Rate
+from policy.ratelimit import Decision
 
 
 class StoreUnavailable(Exception):
@@ -26,6 +28,12 @@ class Store(Protocol):
 
         Idempotent: appending the same comment id twice stores it once.
         """
+
+    async def append_many(self, comments: Sequence[Comment]) -> None:
+        """Persist a batch (a worker draining a stream): returns once every one of them is
+        safe to acknowledge. Idempotent like ``append``. A batch the store refuses (a
+        comment it cannot encode) stores none of them; a ``StoreUnavailable`` may leave
+        some stored, and the same batch again then stores each exactly once."""
 
     async def remove(self, video_id: str, comment_id: int) -> bool:
         """Tombstone a comment. True when it existed and was not removed before."""
@@ -82,6 +90,16 @@ class Broker(Protocol):
     comment could not be kept: then it was not published either."""
 
     async def publish(self, comment: Comment) -> int: ...
+
+
+class LimitedBroker(Protocol):
+    """A ``Broker`` that counts a post against its rate limits in the same step as it
+    publishes it (a cluster's ingest node: one Redis call per post). ``limits`` are what
+    ``RateLimiter.acquire_many`` takes: all or nothing. Not allowed: nothing was counted
+    and nothing published. Raises ``StoreUnavailable`` like ``Broker.publish`` (then the
+    comment was not published; its limits may have been counted)."""
+
+    async def publish_within(self, comment: Comment, limits: Sequence[tuple[str, Rate]]) -> Decision: ...
 
 
 class Presence(Protocol):

@@ -46,7 +46,7 @@ class Settings:
     reaction_rate_limit: str = attrs.field(default="30/10s", validator=_rate, metadata={"help": "reactions per user (N/period)", "kind": str})
     ws_resume_rate: str = attrs.field(default="5/10s", validator=_rate, metadata={"help": "WebSocket resume messages per connection (N/period); more get an error rate_limited", "kind": str})
     moderation_rules: str = _setting("", "blocked words and patterns file for automod (docs/moderation.md); empty: none")
-    moderation_queue: int = _setting(10000, "comments waiting for automod; when full, new ones skip moderation", kind=int)
+    moderation_queue: int = _setting(10000, "comments waiting for automod (all-in-one server; a cluster queues in Redis); when full, new ones skip moderation", kind=int)
     moderation_workers: int = _setting(2, "automod worker tasks in this process (0: queue only)", kind=int)
     moderation_new_account_min: float = _setting(10.0, "automod removes links from accounts first seen less than this many minutes ago (0: off)", kind=float)
     moderation_repeat: str = attrs.field(default="3/60s", validator=_rate_or_off, metadata={"help": "automod removes the same text from one user N times per period in a video (off: never)", "kind": str})
@@ -112,6 +112,9 @@ class Settings:
     presence_interval_s: float = _setting(1.0, "seconds between viewer count reports", kind=float)
     node_id: str = _setting("", "name of this node in presence and consumer groups (default: host-pid)")
     persist_batch: int = _setting(500, "stream entries the persist worker writes per batch", kind=int)
+    stream_linger_ms: int = _setting(
+        100, "persist and moderate workers wait this long after a batch that was not full, so batches fill", kind=int
+    )
     proxy_hops: int = _setting(0, "trusted reverse proxies in front (X-Forwarded-For is read through them)", kind=int)
 
     def url(self) -> str:
@@ -156,6 +159,8 @@ def check(s: Settings) -> None:
         raise ValueError("store must be sqlite or scylla")
     if s.moderation_queue < 1 or s.moderation_workers < 0 or s.moderation_users_max < 1:
         raise ValueError("moderation_queue and moderation_users_max must be positive, moderation_workers not negative")
+    if s.persist_batch < 1 or s.stream_linger_ms < 0:
+        raise ValueError("persist_batch must be positive and stream_linger_ms not negative")
     if s.viewer_sndbuf < 0:
         raise ValueError("viewer_sndbuf must not be negative (0: the kernel's autotuning)")
     if s.redis_wait_replicas < 0 or s.redis_wait_timeout_ms < 1:

@@ -3,7 +3,8 @@
 The order of a post is the contract's: bans first (403), then the text (so refused posts
 do not count against the rate limit), then slow mode and the rate limit, then the
 comment gets its Snowflake id and goes to the ``Broker``, which keeps it (201 means it is
-kept) and fans it out. Transports reach ``post`` through ``ingest.posting.PostPipeline``.
+kept) and fans it out. With a ``LimitedBroker`` (a cluster's ingest node) the limits and
+the publish are one step, one Redis call. Transports reach ``post`` through ``ingest.posting.PostPipeline``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from domain.identity import Identity
 from domain.ids import SnowflakeGenerator
 from domain.metrics import Metrics
 from domain.model import Author, Comment, Reaction, Removal
-from domain.ports import Broker, Bus, Store, StoreUnavailable
+from domain.ports import Broker, Bus, LimitedBroker, Store, StoreUnavailable
 from domain.settings import Settings
 from policy.rate import Rate
 from policy.ratelimit import RateLimiter
@@ -45,6 +46,7 @@ class CommentService:
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         moderation: ModerationService | None = None,
         queue: ModerationQueue | None = None,
+        limited: LimitedBroker | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker  # accepted comments: stored and fanned out
@@ -54,6 +56,9 @@ class CommentService:
         self.metrics = metrics
         self.moderation = moderation  # bans and slow mode (in-memory cache), the log
         self.queue = queue  # automod's queue: accepted comments are offered, never awaited
+        # When given, posts go through it instead of ``limiter`` then ``broker``: the limits
+        # and the publish in one step (a cluster's ingest node).
+        self.limited = limited
         self.rule = Rate.from_text(settings.rate_limit)
         gp = settings.guest_post_rate_limit
         self.guest_rule = None if gp.strip().lower() == "off" else Rate.from_text(gp)
@@ -79,37 +84,55 @@ class CommentService:
         if slow:
             # The interval is part of the key: changing it starts everyone's count afresh.
             limits.append((f"slow:{video_id}:{slow}:{who.user_id}", Rate(1, float(slow))))
-        decision = await self.limiter.acquire_many(limits, trio.current_time())
-        if not decision.allowed:
-            detail = f"at most {self.rule.count} comments per {self.rule.period:g} s"
-            if guest is not None:
-                detail += f", and guests at one address {guest.count} per {guest.period:g} s together"
-            if slow:
-                detail += f", and slow mode allows one comment per {slow} s on this video"
-            raise RateLimited(detail, Rate.retry_after_header(decision.retry_after))
-        now = self.wall_ms()
-        comment = Comment(
-            id=self.ids.next_id(now),
-            video_id=video_id,
-            author=Author(who.user_id, who.name, who.verified),
-            text=clean,
-            created_at=now,
-            client_id=cid,
-            shadow=policy is not None and policy.shadow,
-            streamer=who.is_streamer(video_id),
-        )
-        # Shielded: a poster who hangs up mid-commit does not leave a comment stored but
-        # never published (the broker bounds the wait itself).
-        with trio.CancelScope(shield=True):
-            try:
-                await self.broker.publish(comment)
-            except StoreUnavailable as e:
-                raise Unavailable(f"comments cannot be stored right now: {e}") from None
+        if self.limited is not None:
+            # One step: the limits are counted and the comment published together, or
+            # neither (a cluster's ingest node: one Redis call per post).
+            comment = self._new_comment(video_id, who, clean, cid, policy is not None and policy.shadow)
+            with trio.CancelScope(shield=True):  # as below: never stored but unpublished
+                try:
+                    decision = await self.limited.publish_within(comment, limits)
+                except StoreUnavailable as e:
+                    raise Unavailable(f"comments cannot be stored right now: {e}") from None
+            if not decision.allowed:
+                raise self._refused(decision.retry_after, guest, slow)
+        else:
+            decision = await self.limiter.acquire_many(limits, trio.current_time())
+            if not decision.allowed:
+                raise self._refused(decision.retry_after, guest, slow)
+            comment = self._new_comment(video_id, who, clean, cid, policy is not None and policy.shadow)
+            # Shielded: a poster who hangs up mid-commit does not leave a comment stored but
+            # never published (the broker bounds the wait itself).
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.broker.publish(comment)
+                except StoreUnavailable as e:
+                    raise Unavailable(f"comments cannot be stored right now: {e}") from None
         if self.queue is not None and not comment.shadow:
             # Never waits: a full queue means this comment skips automod (counted).
             # Shadowed comments reach nobody else, so there is nothing to protect.
             self.queue.offer(comment)
         return comment
+
+    def _new_comment(self, video_id: str, who: Identity, text: str, client_id: str | None, shadow: bool) -> Comment:
+        now = self.wall_ms()
+        return Comment(
+            id=self.ids.next_id(now),
+            video_id=video_id,
+            author=Author(who.user_id, who.name, who.verified),
+            text=text,
+            created_at=now,
+            client_id=client_id,
+            shadow=shadow,
+            streamer=who.is_streamer(video_id),
+        )
+
+    def _refused(self, retry_after: float, guest: Rate | None, slow: int) -> RateLimited:
+        detail = f"at most {self.rule.count} comments per {self.rule.period:g} s"
+        if guest is not None:
+            detail += f", and guests at one address {guest.count} per {guest.period:g} s together"
+        if slow:
+            detail += f", and slow mode allows one comment per {slow} s on this video"
+        return RateLimited(detail, Rate.retry_after_header(retry_after))
 
     async def delete(self, video_id: str, comment_id: int, who: Identity) -> None:
         try:

@@ -2,9 +2,10 @@
 
 The same parts as the all-in-one server (``node.serve``), with Redis in the middle:
 
-- ``ingest`` (stateless, N of them): the Quart app's posting, moderation and sign-in
-  routes on Hypercorn. Comments go to the Redis hot store (which publishes them), the
-  rate limit is the shared Redis one, removals are published on the Redis bus.
+- ``ingest`` (stateless, N of them): posts on the lean front door, the Quart app's
+  moderation and sign-in routes on Hypercorn. A post is one Redis call: the shared rate
+  limit and the append to the hot store (which publishes it and queues it for the
+  ``moderate`` workers) in one script; removals are published on the Redis bus.
 - ``rms`` (stateful, N of them): the lean front door for event streams plus the Quart
   app's long-poll, history, snapshot and stats routes; rooms subscribe to their video's
   Redis channel, read recent comments from the hot store (history from the cold store),
@@ -39,6 +40,7 @@ from livecomments.stores import LazyStore, open_store
 
 if TYPE_CHECKING:
     from adapters.redis.hotstore import HotStore
+    from adapters.redis.lean import ScriptPipe
     from adapters.redis.presence import Presence
     from rms.room import Rooms
     from transport.services import VideoStats
@@ -99,8 +101,11 @@ async def common(settings: Settings) -> AsyncIterator[Common]:
         yield Common(settings, redis, keys_for(settings), cold, issuer, Metrics(), lsock)
 
 
-def hot_store(redis: Redis, keys: Keys, settings: Settings) -> HotStore:
+def hot_store(redis: Redis, keys: Keys, settings: Settings, *, pipe: ScriptPipe | None = None) -> HotStore:
+    """The hot store as configured. Appends put each comment on its video's moderation
+    stream too (``moderate`` reads them), and go through ``pipe`` where there is one."""
     from adapters.redis.hotstore import HotStore
+    from adapters.redis.moderation import MODERATION_STREAM_MAX
 
     return HotStore(
         redis,
@@ -110,6 +115,8 @@ def hot_store(redis: Redis, keys: Keys, settings: Settings) -> HotStore:
         window_ms=settings.reorder_window_ms,
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
+        moderation_max=MODERATION_STREAM_MAX,
+        pipe=pipe,
     )
 
 
@@ -128,8 +135,10 @@ def redis_check(redis: Redis) -> Callable[[], Awaitable[None]]:
 async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
     from adapters.redis.broker import RedisBroker
     from adapters.redis.bus import RedisBus
+    from adapters.redis.client import is_cluster
     from adapters.redis.hotstore import ClusterStore
-    from adapters.redis.moderation import RedisModerationQueue, RedisModerationStore
+    from adapters.redis.lean import open_script_pipe
+    from adapters.redis.moderation import RedisModerationStore
     from adapters.redis.ratelimit import RedisRateLimiter
     from ingest.moderation.automod import ModerationMetrics
     from ingest.moderation.bans import ModerationService
@@ -140,22 +149,27 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
     from transport.handoff import AsgiHandoff
     from transport.services import IngestParts, Node
 
-    async with common(settings) as c:
+    async with common(settings) as c, open_script_pipe(settings.redis_url, timeout_s=settings.redis_timeout_s) as pipe:
         settings = c.settings
         mod_metrics = ModerationMetrics(c.metrics.registry)
         # Bans, slow mode and the log live in Redis, shared by every ingest process; each
-        # keeps a read cache that follows changes. Accepted comments go to the moderation
-        # streams, which `livecomments moderate` workers drain off the posting path.
+        # keeps a read cache that follows changes. The append script puts each accepted
+        # comment on its moderation stream too, which `livecomments moderate` workers
+        # drain off the posting path.
         mod_store = RedisModerationStore(c.redis, c.keys)
-        hot = hot_store(c.redis, c.keys, settings)
+        hot = hot_store(c.redis, c.keys, settings, pipe=pipe)
         store = ClusterStore(hot, c.cold)
         bus = RedisBus(c.redis, c.keys)
         limiter = RedisRateLimiter(c.redis, c.keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
-        mod_queue = RedisModerationQueue(c.redis, c.keys, mod_metrics, buffer=settings.moderation_queue)
+        # A post is one Redis call: its rate limits and the append in one script (two calls
+        # on a Redis Cluster, where the user's and the video's keys live in other slots),
+        # sent on a connection of its own without coredis' per-command cost (lean.py;
+        # coredis for TLS, Cluster and Sentinel URLs).
+        broker = RedisBroker(hot, limiter, one_call=not is_cluster(c.redis), moderation_queued=mod_metrics.queued.inc)
         comments = CommentService(
-            settings, RedisBroker(hot), store, bus, limiter, c.metrics, moderation=moderation, queue=mod_queue
+            settings, broker, store, bus, limiter, c.metrics, moderation=moderation, limited=broker
         )
         pipeline = PostPipeline(comments, c.issuer, settings.max_body)
         node = Node(settings, c.issuer, c.metrics, ready_checks=(redis_check(c.redis),))
@@ -163,7 +177,6 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         # Posts on the lean path, as in the all-in-one server; the rest through Hypercorn.
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, pipeline=pipeline)
         async with trio.open_nursery() as root:
-            await root.start(mod_queue.run)
             root.start_soon(mod_store.watch, moderation.load)
             await handoff.start(root)
             await root.start(front.serve, [c.lsock])
@@ -281,7 +294,10 @@ async def run_persist(settings: Settings, *, until: Callable[[], Awaitable[None]
                     note(video_id, count)
 
             viewers = ViewerFeed(presence.total, note_viewers, interval_s=settings.presence_interval_s)
-        worker = PersistWorker(redis, keys, cold, consumer=me, batch=settings.persist_batch, viewers=viewers)
+        worker = PersistWorker(
+            redis, keys, cold, consumer=me, batch=settings.persist_batch, linger_s=settings.stream_linger_ms / 1000,
+            viewers=viewers,
+        )  # fmt: skip
         async with trio.open_nursery() as root:
             root.start_soon(worker.run)
             target = settings.scylla_hosts if settings.store == "scylla" else os.path.join(settings.data_dir, "comments.sqlite3")
@@ -333,7 +349,7 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
             metrics, moderation=moderation,
         )
         automod = Automod.loader(settings, ModerationMetrics(metrics.registry))(remover)
-        source = RedisModerationSource(redis, keys, automod, consumer=me)
+        source = RedisModerationSource(redis, keys, automod, consumer=me, linger_s=settings.stream_linger_ms / 1000)
         async with trio.open_nursery() as root:
             root.start_soon(mod_store.watch, moderation.load)
             root.start_soon(automod.watch_rules)

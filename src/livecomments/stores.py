@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,9 @@ class LazyStore:
 
     async def append(self, comment: Comment) -> None:
         await self._get().append(comment)
+
+    async def append_many(self, comments: Sequence[Comment]) -> None:
+        await self._get().append_many(comments)
 
     async def remove(self, video_id: str, comment_id: int) -> bool:
         return await self._get().remove(video_id, comment_id)

@@ -252,3 +252,31 @@ async def test_a_deletion_reaches_viewers_history_and_the_cold_store(cluster: Cl
 
         await wait_for(removed_in_cold, 15, "persist to apply the removal")
         nursery.cancel_scope.cancel()
+
+
+def posts_served(metrics: str) -> dict[str, float]:
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith("livecomments_posts_served_total{"):
+            out[line.split('path="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def test_posts_through_the_edge_stay_on_the_lean_path(cluster: ClusterProcess) -> None:
+    """Requests an ingest node hands to its general HTTP server (sign-in, health checks)
+    leave their kept-alive edge connections there; posts must not be sent down them."""
+    ingests = [n["url"] for n in cluster.nodes("ingest")]
+    async with httpx.AsyncClient(timeout=10) as client:
+        before = [posts_served((await client.get(f"{url}/metrics")).text) for url in ingests]
+        for _ in range(8):  # kept-alive edge -> ingest connections, now Hypercorn's
+            assert (await client.get(f"{cluster.edge}/healthz")).status_code == 200
+            assert (await client.post(f"{cluster.edge}/v1/auth/guest", json={"name": "G"})).status_code == 404
+        for n in range(12):
+            r = await client.post(
+                f"{cluster.edge}/v1/videos/lean1/comments", json={"text": f"hi {n}"}, headers=cluster.auth(f"lean{n}")
+            )
+            assert r.status_code == 201, r.text
+        after = [posts_served((await client.get(f"{url}/metrics")).text) for url in ingests]
+    lean = sum(a.get("lean", 0) - b.get("lean", 0) for a, b in zip(after, before, strict=True))
+    asgi = sum(a.get("asgi", 0) - b.get("asgi", 0) for a, b in zip(after, before, strict=True))
+    assert (lean, asgi) == (12, 0)

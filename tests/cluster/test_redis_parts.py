@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,10 +242,13 @@ class FlakyStore:
         return getattr(self.inner, name)
 
     async def append(self, c: Comment) -> None:
+        await self.append_many([c])
+
+    async def append_many(self, cs: Sequence[Comment]) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise StoreUnavailable("down")
-        await self.inner.append(c)
+        await self.inner.append_many(cs)
 
 
 async def test_persist_drains_acks_only_what_the_cold_store_took(redis: Any, keys: Keys, tmp_path: Path) -> None:

@@ -16,11 +16,14 @@ import pytest
 import trio
 from prometheus_client import CollectorRegistry
 
+from adapters.redis.broker import RedisBroker
 from adapters.redis.client import open_redis
+from adapters.redis.hotstore import HotStore
 from adapters.redis.keys import Keys
-from adapters.redis.moderation import RedisModerationQueue, RedisModerationSource, RedisModerationStore
+from adapters.redis.moderation import RedisModerationSource, RedisModerationStore
 from domain.errors import Forbidden
 from domain.identity import Identity
+from domain.ids import SnowflakeGenerator
 from domain.model import Author, Comment
 from domain.moderation import GLOBAL
 from ingest.moderation.automod import Automod, ModerationMetrics
@@ -145,34 +148,48 @@ class Removed:
         return True
 
 
-def comment(cid: int, text: str, video: str = "v1", user: str = "u1") -> Comment:
-    return Comment(cid, video, Author(user, user), text, 0)
+IDS = SnowflakeGenerator(9)
 
 
-async def test_the_automod_queue_goes_through_a_stream(redis: Any, keys: Keys) -> None:
+def live(text: str, video: str = "v1", user: str = "u1", *, shadow: bool = False) -> Comment:
+    """A comment with an id of now (the append script refuses ids far from Redis' clock)."""
+    now = time.time_ns() // 1_000_000
+    return Comment(IDS.next_id(now), video, Author(user, user), text, now, shadow=shadow)
+
+
+async def test_the_append_queues_comments_on_the_moderation_stream(redis: Any, keys: Keys) -> None:
     registry = CollectorRegistry()
     metrics = ModerationMetrics(registry)
-    queue = RedisModerationQueue(redis, keys, metrics)
+    # Ingest's side: the append script puts every accepted comment that is not shadowed
+    # on its video's moderation stream, in the same call.
+    broker = RedisBroker(HotStore(redis, keys, moderation_max=1000), moderation_queued=metrics.queued.inc)
     removed = Removed()
     automod = Automod(Rules(RuleSet.parse("spamword\n"), Limits(new_account_s=0)), ModerationMetrics(CollectorRegistry()), remover=removed)
     source = RedisModerationSource(redis, keys, automod, consumer="worker-1", block_ms=50)
+    posts = [("a", "hello", False), ("b", "SPAMWORD!", False), ("c", "fine", False), ("d", "spamword again", False),
+             ("e", "spamword in the shadow", True)]  # fmt: skip
+    made = [live(text, video, shadow=shadow) for video, text, shadow in posts]
     async with trio.open_nursery() as nursery:
-        await nursery.start(queue.run)
         await nursery.start(source.run)
-        for i, (video, text) in enumerate([("a", "hello"), ("b", "SPAMWORD!"), ("c", "fine"), ("d", "spamword again")]):
-            assert queue.offer(comment(i + 1, text, video))
+        for c in made:
+            await broker.publish(c)
         with trio.fail_after(10):
             while len(removed.comments) < 2 or source.handled < 4:  # noqa: ASYNC110 - a stream consumer
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    assert sorted(c.id for c, _ in removed.comments) == [2, 4]
+    assert sorted(c.id for c, _ in removed.comments) == [made[1].id, made[3].id]
     assert {reason for _, reason in removed.comments} == {"blocked_word"}
+    assert source.handled == 4  # the shadowed comment reached nobody: nothing to moderate
     assert metrics.queued._value.get() == 4
+    for stream in keys.moderation_streams():  # handled, acknowledged and deleted
+        assert await redis.xlen(stream) == 0
 
 
-async def test_a_full_buffer_skips_moderation(redis: Any, keys: Keys) -> None:
-    metrics = ModerationMetrics(CollectorRegistry())
-    queue = RedisModerationQueue(redis, keys, metrics, buffer=1)  # no forwarder running
-    assert queue.offer(comment(1, "x"))
-    assert not queue.offer(comment(2, "y"))
-    assert metrics.skipped._value.get() == 1
+async def test_the_moderation_stream_is_capped(redis: Any, keys: Keys) -> None:
+    one_shard = Keys(keys.prefix)
+    hot = HotStore(redis, one_shard, moderation_max=10)
+    for i in range(400):
+        await hot.append(live(f"comment {i}", "v1"))
+    # MAXLEN ~: trimmed in whole stream nodes (100 entries each by default), never to 400.
+    assert 10 <= await redis.xlen(one_shard.moderation_stream(0)) <= 200
+    assert await redis.xlen(one_shard.stream(0)) == 400  # persist's stream is not capped

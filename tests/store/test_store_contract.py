@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 
 from domain.model import Comment
@@ -43,6 +44,42 @@ async def test_append_is_idempotent(store: Store, comments: Comments) -> None:
     for c in (a, b, a, a, b):
         await store.append(c)
     assert await store.latest(comments.video_id, 10) == [a, b]
+
+
+async def test_append_many_stores_a_batch_once_however_often(store: Store, comments: Comments) -> None:
+    """A persist worker's batch: several videos and partitions at once; a batch read
+    again after a crash (before its acknowledgement) stores each comment once."""
+    other = Comments(comments.video_id + "_b")
+    # 100 comments 1.2 s apart span several buckets (CQL: several partitions, each more
+    # rows than one CQL batch takes), plus two of another video in between.
+    long = "ü" * 200
+    mine = [comments.make(f"{i} {long}", step_ms=1_200, client_id=f"c{i}") for i in range(100)]
+    theirs = [other.make("b0", author="bob", verified=True), other.make("b1", author="mallory", shadow=True)]
+    await store.append_many([*mine[:50], *theirs, *mine[50:]])
+    await store.append_many(mine[40:60])  # overlaps the first batch
+    await store.append_many([*theirs, *mine])  # the whole batch again
+    await store.append_many([])
+    assert await store.latest(comments.video_id, 200) == mine
+    assert await store.latest(other.video_id, 10, "mallory") == theirs
+    assert await store.get(comments.video_id, mine[77].id) == mine[77]
+    # One at a time and in batches mix: the same rows either way.
+    later = comments.make("later")
+    await store.append(later)
+    await store.append_many([later, mine[0]])
+    assert await store.latest(comments.video_id, 2) == [mine[-1], later]
+
+
+async def test_a_batch_the_store_refuses_is_stored_not_at_all(store: Store, comments: Comments) -> None:
+    other, third = Comments(comments.video_id + "_b"), Comments(comments.video_id + "_c")
+    good = [comments.make("first"), comments.make("second")]
+    alone = third.make("alone in its partition")
+    bad = attrs.evolve(other.make("cannot be encoded"), text=object())  # no store can write that text
+    with pytest.raises(Exception):  # noqa: B017 - the adapter's own error (a driver's, or StoreUnavailable)
+        await store.append_many([good[0], alone, bad, good[1]])
+    for video in (comments.video_id, other.video_id, third.video_id):
+        assert await store.latest(video, 10) == []
+    await store.append_many(good)  # the store is fine afterwards
+    assert await store.latest(comments.video_id, 10) == good
 
 
 async def test_latest_is_the_newest_oldest_first(store: Store, comments: Comments) -> None:

@@ -19,6 +19,8 @@ primary) it is one connection.
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -43,6 +45,28 @@ Redis = coredis.Redis[Any] | coredis.RedisCluster[Any]
 CLUSTER_CONNECTIONS_PER_NODE = 64
 
 
+def skip_tracing_checks() -> None:
+    """coredis decides on every command (several times: pool wait, connection use, span)
+    whether to trace it for OpenTelemetry, each time reading ``COREDIS_OTEL_ENABLED``
+    from ``os.environ``: about 6% of an ingest node's CPU under load (py-spy,
+    docs/performance.md). Unless that variable asks for tracing, tell coredis tracing is
+    unavailable, which it then never checks again. The flag is private to coredis: if a
+    release drops it, this does nothing and coredis behaves as before."""
+    if os.environ.get("COREDIS_OTEL_ENABLED", "").lower() in ("1", "true", "t"):
+        return
+    try:
+        telemetry = importlib.import_module("coredis._telemetry")
+    except ImportError:
+        return
+    if isinstance(getattr(telemetry, "_otel_unavailable", None), bool):
+        setattr(telemetry, "_otel_unavailable", True)  # noqa: B010 (a module the type checker reads as typed)
+
+
+def is_cluster(redis: Redis) -> bool:
+    """A Redis Cluster client: a script may touch the keys of one slot only."""
+    return isinstance(redis, coredis.RedisCluster)
+
+
 def _split_hosts(netloc: str) -> list[tuple[str, int]]:
     out = []
     for part in netloc.rsplit("@", 1)[-1].split(","):
@@ -58,6 +82,7 @@ async def open_redis(url: str, *, timeout_s: float = 2.0) -> AsyncIterator[Redis
     """A connected client for ``url`` (see the module docstring), closed on exit."""
     if not url:
         raise ValueError("a Redis URL is needed (LIVECOMMENTS_REDIS_URL)")
+    skip_tracing_checks()
     parts = urlsplit(url)
     kw: dict[str, Any] = {"connect_timeout": timeout_s, "stream_timeout": timeout_s}
     async with AsyncExitStack() as stack:

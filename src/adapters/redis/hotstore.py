@@ -18,18 +18,22 @@ Per video (key names in ``keys.Keys``):
 
 ``append`` is one Lua script (``lua/append.lua``, its arguments built by ``AppendCall``):
 it checks the id's time against Redis' clock (the reorder window, see ``bus``), adds to
-``recent`` and trims it, appends to the stream, counts the rate and publishes the
-comment on the video's channel, atomically. So a comment is on the bus exactly when it
-is readable from the hot store, and in the order Redis accepted it.
+``recent`` and trims it, appends to the stream (and, with ``moderation_max``, a comment
+that is not shadowed to the video's moderation stream, capped at about that length),
+counts the rate and publishes the comment on the video's channel, atomically. So a
+comment is on the bus exactly when it is readable from the hot store, and in the order
+Redis accepted it. ``append_within`` is the same step behind the post's rate limits, in
+one call (``lua/post.lua``): a post on an ingest node is one round trip to Redis.
 
 Replication. Redis replicates asynchronously: a master that dies may take with it
 writes it had answered but not yet sent to its replica, and the replica promoted in
-its place never had them. With ``wait_replicas`` = n > 0, ``append`` and ``remove`` send
-``WAIT n wait_timeout_ms`` on the connection that ran the script (coredis'
-``ensure_replication``) and return only once n replicas have the write; when fewer
-confirm in time they raise ``NotReplicated`` (a 503 for the poster). The write has
-happened on the master and was published: the comment may still be seen and kept (if
-the master lives on), or lost (if it dies before replicating). See docs/operations.md.
+its place never had them. With ``wait_replicas`` = n > 0, ``append``, ``append_within``
+and ``remove`` send ``WAIT n wait_timeout_ms`` on the connection that ran the script
+(coredis' ``ensure_replication``; the lean pipe is not used then) and return only once n
+replicas have the write; when fewer confirm in time they raise ``NotReplicated`` (a 503
+for the poster). The write has happened on the master and was published: the comment
+may still be seen and kept (if the master lives on), or lost (if it dies before
+replicating). See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -47,6 +51,7 @@ from coredis.exceptions import ReplicationError
 from adapters.redis import scripts
 from adapters.redis.client import REDIS_ERRORS, Redis
 from adapters.redis.keys import Keys
+from adapters.redis.lean import LuaScript, ScriptPipe
 from domain.ids import snowflake_ms
 from domain.model import Comment, Removal
 from domain.ports import Store, StoreUnavailable
@@ -92,9 +97,12 @@ class AppendCall:
     window_ms: int
     hot_size: int
     ttl_s: int
+    moderation_max: int = 0  # > 0: also onto the moderation stream, capped at about this
 
     @classmethod
-    def of(cls, comment: Comment, keys: Keys, *, window_ms: int, hot_size: int, ttl_s: int) -> AppendCall:
+    def of(
+        cls, comment: Comment, keys: Keys, *, window_ms: int, hot_size: int, ttl_s: int, moderation_max: int = 0
+    ) -> AppendCall:
         return cls(
             keys=keys,
             comment_id=comment.id,
@@ -103,13 +111,19 @@ class AppendCall:
             window_ms=window_ms,
             hot_size=hot_size,
             ttl_s=ttl_s,
+            # A shadowed comment reaches nobody else: nothing to moderate.
+            moderation_max=0 if comment.shadow else moderation_max,
         )
 
     def script_keys(self) -> list[str]:
         k, v = self.keys, self.video_id
-        return [k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)]
+        out = [k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)]
+        if self.moderation_max > 0:
+            out.append(k.moderation_stream_of(v))
+        return out
 
     def script_args(self) -> list[str | int]:
+        tail: list[str | int] = [self.moderation_max] if self.moderation_max > 0 else []
         return [
             pad(self.comment_id),
             pad(self.comment_id - 1),  # the floor of a new sorted set
@@ -121,6 +135,7 @@ class AppendCall:
             '{"t":"c","c":' + self.record + "}",  # what bus.encode makes of the comment
             self.video_id,
             self.record,
+            *tail,
         ]
 
 
@@ -144,10 +159,15 @@ class HotStore:
         tombstones: int = 1000,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        moderation_max: int = 0,
+        pipe: ScriptPipe | None = None,
     ) -> None:
         if wait_replicas < 0 or wait_timeout_ms < 1:
             raise ValueError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
         self.redis = redis
+        # When given, appends go through it rather than coredis (lean.py); not with WAIT,
+        # which must follow the script on the connection that ran it.
+        self.pipe = pipe if not wait_replicas else None
         self.keys = keys
         self.hot_size = hot_size
         self.ttl_s = ttl_s
@@ -156,10 +176,14 @@ class HotStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.not_replicated = 0  # writes answered NotReplicated
+        self.moderation_max = moderation_max
         self._append = scripts.register(redis, "append")
+        self._post = scripts.register(redis, "post")
         self._remove = scripts.register(redis, "remove")
+        self._lean_append = LuaScript(scripts.source("append"))
+        self._lean_post = LuaScript(scripts.source("post"))
 
-    async def _write(self, script: scripts.ScriptCall, keys: list[str], args: list[str | int]) -> Any:
+    async def _write(self, script: scripts.ScriptCall, keys: list[str], args: list[str | int] | list[float | str | int]) -> Any:
         """Run a writing script; with ``wait_replicas``, also WAIT on its connection."""
         if not self.wait_replicas:
             return await script(keys=keys, args=args)
@@ -173,16 +197,45 @@ class HotStore:
                 f" {self.wait_timeout_ms} ms; it may still appear"
             ) from None
 
-    async def append(self, comment: Comment) -> bool:
-        """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
-        when its id's time is more than the window away from Redis' clock."""
-        call = AppendCall.of(comment, self.keys, window_ms=self.window_ms, hot_size=self.hot_size, ttl_s=self.ttl_s)
-        res = await self._write(self._append, call.script_keys(), call.script_args())
+    def _call(self, comment: Comment) -> AppendCall:
+        return AppendCall.of(
+            comment, self.keys, window_ms=self.window_ms, hot_size=self.hot_size, ttl_s=self.ttl_s,
+            moderation_max=self.moderation_max,
+        )  # fmt: skip
+
+    def _status(self, comment: Comment, res: Any) -> bool:
         status = int(res[0])
         if status == 0:
             skew = snowflake_ms(comment.id) - int(res[1])
             raise LateComment(f"comment id is {skew:+d} ms from Redis time (window {self.window_ms} ms); retry")
         return status == 1
+
+    async def append(self, comment: Comment) -> bool:
+        """Add a comment (idempotent: False if the id was there). Raises ``LateComment``
+        when its id's time is more than the window away from Redis' clock."""
+        call = self._call(comment)
+        keys, args = call.script_keys(), call.script_args()
+        if self.pipe is not None:
+            return self._status(comment, await self.pipe.call(self._lean_append, keys, args))
+        return self._status(comment, await self._write(self._append, keys, args))
+
+    async def append_within(
+        self, comment: Comment, limit_keys: Sequence[str], limit_args: Sequence[float]
+    ) -> tuple[bool, bool, Any]:
+        """``append`` behind the rate limits of ``lua/sliding_window.lua`` (its KEYS and
+        ARGV, from ``RedisRateLimiter.script_call``), in one call on one Redis server:
+        (allowed, added, the limiter's retry after in ms when not allowed). Nothing is
+        counted or added when a limit refuses; raises ``LateComment`` like ``append``."""
+        call = self._call(comment)
+        keys, args = call.script_keys(), call.script_args()
+        all_keys, all_args = [*keys, *limit_keys], [len(keys), len(args), *args, *limit_args]
+        if self.pipe is not None:
+            res = await self.pipe.call(self._lean_post, all_keys, all_args)
+        else:
+            res = await self._write(self._post, all_keys, all_args)
+        if int(res[0]) == 3:
+            return False, False, res[1]
+        return True, self._status(comment, res), None
 
     async def remove(self, video_id: str, comment_id: int) -> bool:
         """Take a comment out of ``recent`` (True if it was there) and record a tombstone;
@@ -278,6 +331,11 @@ class ClusterStore:
             raise
         except REDIS_ERRORS as e:
             raise StoreUnavailable(f"Redis: {e}") from None
+
+    async def append_many(self, comments: Sequence[Comment]) -> None:
+        """One append per comment (posts arrive one at a time; nothing batches here)."""
+        for c in comments:
+            await self.append(c)
 
     async def remove(self, video_id: str, comment_id: int) -> bool:
         try:

@@ -19,14 +19,16 @@ changed something, so a ban applies on every ingest process within about a secon
 once on the one that took it). How durable it is depends on the Redis' persistence
 (AOF with ``appendfsync always`` for bans that survive any crash).
 
-``RedisModerationQueue`` implements ``ModerationQueue``: ``offer`` puts the comment in a
-bounded in-process buffer (never waits: when full, the comment skips moderation and is
-counted), and a forwarder task appends buffered comments to a capped stream per shard
-(``Keys.moderation_stream``, MAXLEN ~ ``stream_max``: entries trimmed before a worker read
-them are skipped too). ``RedisModerationSource`` reads those streams through the consumer
-group ``moderate`` and hands each comment to ``Automod.handle``; entries are acknowledged
-(and deleted) after they were handled, a worker reads its own pending entries first after
-a restart, and entries another worker left pending for ``claim_idle_s`` are claimed.
+The automod queue of a cluster is a capped stream per shard (``Keys.moderation_stream``,
+MAXLEN ~ ``MODERATION_STREAM_MAX``: entries trimmed before a worker read them skip
+moderation). Ingest puts each accepted comment that is not shadowed there in the same
+script that appends it (``lua/append.lua``, ``HotStore(moderation_max=...)``): no
+extra round trip, and nothing accepted misses the queue while Redis has it.
+``RedisModerationSource`` reads those streams through the consumer group ``moderate`` in
+batches and hands each batch to ``Automod.handle_batch`` (check all, remove the flagged
+ones); a batch is acknowledged (and deleted) after it was handled, a worker reads its
+own pending entries first after a restart, and entries another worker left pending for
+``claim_idle_s`` are claimed.
 """
 
 from __future__ import annotations
@@ -43,18 +45,18 @@ from adapters.redis import scripts
 from adapters.redis.client import REDIS_ERRORS, Redis
 from adapters.redis.keys import Keys
 from adapters.redis.streams import GroupConsumer, text
-from adapters.retry import Retry
 from domain.model import Comment
 from domain.moderation import Ban, LogEntry, VideoSettings
 from domain.ports import StoreUnavailable
-from ingest.moderation.automod import Automod, InProcessQueue, ModerationMetrics
-from policy.backoff import Backoff
+from ingest.moderation.automod import Automod
 
 log = logging.getLogger("ingest.moderation.bans.redis")
 
 PAD = 19
 GROUP = "moderate"
-FORWARD_RETRY = Backoff(initial_s=0.2, max_s=5.0)  # the forwarder after a failed batch
+# The moderation streams' length, about (XADD MAXLEN ~): entries trimmed before a worker
+# read them skip moderation (a backlog of minutes at a popular video's rate).
+MODERATION_STREAM_MAX = 100_000
 
 
 _s = text
@@ -180,58 +182,6 @@ class RedisModerationStore:
         pass
 
 
-class RedisModerationQueue(InProcessQueue):
-    """``ModerationQueue`` for ingest processes of a cluster (see the module doc): the
-    in-process bounded buffer (``offer`` never waits), forwarded to the streams by ``run``."""
-
-    def __init__(
-        self,
-        redis: Redis,
-        keys: Keys,
-        metrics: ModerationMetrics,
-        *,
-        buffer: int = 10_000,
-        stream_max: int = 100_000,
-        batch: int = 200,
-    ) -> None:
-        super().__init__(buffer, metrics)
-        self.redis = redis
-        self.keys = keys
-        self.stream_max = stream_max
-        self.batch = batch
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Forward buffered comments to the streams until cancelled."""
-        task_status.started()
-        retry = Retry(FORWARD_RETRY)
-        while True:
-            first = await self._recv.receive()
-            batch = [first]
-            while len(batch) < self.batch:
-                try:
-                    batch.append(self._recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                await self.forward(batch)
-                retry.reset()
-            except REDIS_ERRORS as e:
-                # Moderation is best effort: the batch is dropped (counted), posting goes on.
-                self.metrics.skipped.inc(len(batch))
-                log.warning("moderation queue: Redis unavailable (%s); %d comments skip moderation", e, len(batch))
-                await retry.sleep()
-
-    async def forward(self, comments: list[Comment]) -> None:
-        for c in comments:
-            await self.redis.xadd(
-                self.keys.moderation_stream_of(c.video_id),
-                {"r": json.dumps(c.to_record(), ensure_ascii=False, separators=(",", ":"))},
-                trim_strategy=PureToken.MAXLEN,
-                threshold=self.stream_max,
-                trim_operator=PureToken.APPROXIMATELY,
-            )
-
-
 class RedisModerationSource(GroupConsumer):
     """Feeds ``Automod`` from the moderation streams (``livecomments moderate``)."""
 
@@ -247,8 +197,11 @@ class RedisModerationSource(GroupConsumer):
         batch: int = 100,
         block_ms: int = 1000,
         claim_idle_s: float = 30.0,
+        linger_s: float = 0.0,
     ) -> None:
-        super().__init__(redis, GROUP, consumer, batch=batch, block_ms=block_ms, claim_idle_s=claim_idle_s)
+        super().__init__(
+            redis, GROUP, consumer, batch=batch, block_ms=block_ms, claim_idle_s=claim_idle_s, linger_s=linger_s
+        )
         self.keys = keys
         self.automod = automod
         self.handled = 0
@@ -260,19 +213,14 @@ class RedisModerationSource(GroupConsumer):
             task_status.started()
 
     async def handle(self, stream: str, entries: list[Any]) -> None:
+        """Check the batch, remove the flagged ones, then acknowledge all of it."""
+        comments = []
         for e in entries:
             fields = {_s(k): _s(v) for k, v in dict(e.field_values).items()}
             try:
-                comment = Comment.from_record(json.loads(fields["r"]))
+                comments.append(Comment.from_record(json.loads(fields["r"])))
             except (KeyError, ValueError, TypeError):
                 log.warning("moderate: unreadable entry %s on %s", _s(e.identifier), stream)
-                continue
-            try:
-                await self.automod.handle(comment)
-            except Exception as exc:  # one comment's failure is not the worker's
-                self.automod.metrics.errors.inc()
-                log.warning("moderation of %s/%s failed: %r", comment.video_id, comment.id, exc)
-            self.handled += 1
-        ids = [_s(e.identifier) for e in entries]
-        await self.redis.xack(stream, GROUP, ids)
-        await self.redis.xdel(stream, ids)
+        await self.automod.handle_batch(comments)
+        self.handled += len(comments)
+        await self.ack(stream, [_s(e.identifier) for e in entries])

@@ -14,8 +14,10 @@ accepted it. So:
 - writes are idempotent (the stores upsert by comment id), so an entry written twice
   (crash between write and ack) is stored once.
 
-A removal is applied only after every comment before it in the batch was written, so a
-removed comment can never be written back after its tombstone.
+A batch (up to ``batch`` entries, see ``streams``) costs one read, one ``append_many``
+on the cold store and one acknowledgement. A removal is applied only after the comments
+of its batch were written, so a removed comment can never be written back after its
+tombstone.
 
 The worker is the process that writes to Scylla, so its store decides whether a video's
 writes spread over shards (``ScyllaStore``'s sharding switch). The store counts comment
@@ -190,12 +192,14 @@ class PersistWorker(GroupConsumer):
         block_ms: int = 1000,
         claim_idle_s: float = 30.0,
         max_backoff_s: float = 5.0,
+        linger_s: float = 0.0,
         viewers: ViewerFeed | None = None,
     ) -> None:
         self.stats = Stats()
         super().__init__(
-            redis, GROUP, consumer, batch=batch, block_ms=block_ms, claim_idle_s=claim_idle_s, max_backoff_s=max_backoff_s
-        )
+            redis, GROUP, consumer, batch=batch, block_ms=block_ms, claim_idle_s=claim_idle_s,
+            max_backoff_s=max_backoff_s, linger_s=linger_s,
+        )  # fmt: skip
         self.keys = keys
         self.cold = cold
         self.viewers = viewers
@@ -232,33 +236,27 @@ class PersistWorker(GroupConsumer):
 
     async def write(self, stream: str, entries: Sequence[Entry]) -> None:
         """Write a batch to the cold store; ack what it accepted (see the module doc)."""
-        comments = [e for e in entries if e.kind == "c"]
+        comments = [e.comment for e in entries if e.kind == "c" and e.comment is not None]
         ok: set[str] = {e.entry_id for e in entries if e.kind == "?"}
         self.stats.skipped += len(ok)
         failed: list[BaseException] = []
         if self.viewers is not None and comments:
-            await self.viewers.wrote(e.comment.video_id for e in comments if e.comment is not None)
-
-        async def one(e: Entry) -> None:
-            assert e.comment is not None
+            await self.viewers.wrote(c.video_id for c in comments)
+        # The batch's comments in one call: one transaction in SQLite, a few concurrent
+        # writes (one batch per partition) in CQL. All of them or, for the ack, none.
+        written = False
+        if comments:
             try:
-                await self.cold.append(e.comment)
+                await self.cold.append_many(comments)
+                written = True
             except StoreUnavailable as exc:
                 failed.append(exc)
-                return
-            ok.add(e.entry_id)
-
-        # Concurrent appends: the SQLite store commits them in one transaction, the CQL
-        # store sends them in parallel.
-        async with trio.open_nursery() as nursery:
-            for e in comments:
-                nursery.start_soon(one, e)
-        self.stats.written += sum(1 for e in comments if e.entry_id in ok)
-        blocked = False
+        if written:
+            ok.update(e.entry_id for e in entries if e.kind == "c")
+            self.stats.written += len(comments)
+        blocked = bool(comments) and not written  # removals after unwritten comments wait
         for e in entries:
-            if e.kind == "c" and e.entry_id not in ok:
-                blocked = True  # removals after a failed comment wait for the retry
-            elif e.kind == "r" and not blocked:
+            if e.kind == "r" and not blocked:
                 try:
                     await self.cold.remove(e.video_id, e.comment_id)
                 except StoreUnavailable as exc:
@@ -268,9 +266,7 @@ class PersistWorker(GroupConsumer):
                 ok.add(e.entry_id)
                 self.stats.removed += 1
         if ok:
-            ids = [e.entry_id for e in entries if e.entry_id in ok]
-            await self.redis.xack(stream, GROUP, ids)
-            await self.redis.xdel(stream, ids)
+            await self.ack(stream, [e.entry_id for e in entries if e.entry_id in ok])
         self.stats.batches += 1
         if failed:
             raise StoreUnavailable(f"{len(failed)} write(s) failed: {failed[0]}")

@@ -43,21 +43,30 @@ class RedisRateLimiter:
     async def acquire(self, key: str, rule: Rate, now: float) -> Decision:
         return await self.acquire_many([(key, rule)], now)
 
-    async def acquire_many(self, items: Sequence[tuple[str, Rate]], now: float) -> Decision:
-        if not items:
-            return Decision(True)
-        tag = items[0][0]
+    def script_call(self, items: Sequence[tuple[str, Rate]]) -> tuple[list[str], list[float]]:
+        """KEYS and ARGV of ``lua/sliding_window.lua`` for ``items`` (also what
+        ``lua/post.lua`` takes after the append's)."""
+        tag = items[0][0] if items else ""
         args: list[float] = []
         for _, rule in items:
             args += [rule.count, rule.period * 1000.0]
+        return [self.keys.limiter(tag, key) for key, _ in items], args
+
+    async def acquire_many(self, items: Sequence[tuple[str, Rate]], now: float) -> Decision:
+        if not items:
+            return Decision(True)
+        keys, args = self.script_call(items)
         try:
-            allowed, retry_ms = await self._script(
-                keys=[self.keys.limiter(tag, key) for key, _ in items], args=args
-            )
+            allowed, retry_ms = await self._script(keys=keys, args=args)
         except REDIS_ERRORS as e:
             log.warning("rate limiter: Redis unavailable: %s", e)
             raise Unavailable("the rate limiter is unavailable; retry shortly") from None
         if int(allowed) == 1:
             return Decision(True)
-        retry = retry_ms.decode() if isinstance(retry_ms, bytes) else str(retry_ms)
-        return Decision(False, float(retry) / 1000.0)
+        return refusal(retry_ms)
+
+
+def refusal(retry_ms: object) -> Decision:
+    """The script's refusal (retry after, in ms, as a string) as a ``Decision``."""
+    retry = retry_ms.decode() if isinstance(retry_ms, bytes) else str(retry_ms)
+    return Decision(False, float(retry) / 1000.0)

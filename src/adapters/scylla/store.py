@@ -54,7 +54,7 @@ from cassandra.protocol import (
     OverloadedErrorMessage,
     ServerError,
 )
-from cassandra.query import tuple_factory
+from cassandra.query import BatchStatement, BatchType, tuple_factory
 
 from domain.ids import snowflake_ms
 from domain.model import Author, Comment, shown_to
@@ -72,6 +72,13 @@ READ_FANOUT = 32
 _MAX_BIGINT = 2**63 - 1
 # How often a writer rewrites a partition's row in comment_partitions while it writes there.
 RECORD_REFRESH_S = 3600.0
+# ``append_many``: one partition's rows go in UNLOGGED batches of at most this many rows and
+# about this many bytes (Cassandra warns above 5 KiB per batch by default, refuses above
+# 50 KiB; a batch is for rows of one partition, which it writes as one mutation), with at
+# most this many requests in flight.
+BATCH_ROWS = 16
+BATCH_BYTES = 4096
+WRITES_IN_FLIGHT = 32
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     NoHostAvailable,
@@ -478,16 +485,57 @@ class ScyllaStore:
         bucket = bucket_of(comment.id, self.bucket_ms)
         shard = shard_for(comment.id, self.shards) if hot else 0
         await self._record_partition(comment.video_id, bucket, shard, now)
-        a = comment.author
-        await self._run(
-            "insert",
-            (
-                comment.video_id, bucket, shard, comment.id,
-                a.id, a.name, a.verified, comment.text, comment.created_at,
-                comment.client_id, comment.shadow, comment.streamer,
-                _write_timestamp(comment.id),
-            ),
+        await self._run("insert", _insert_params(comment, bucket, shard))
+
+    async def append_many(self, comments: Sequence[Comment]) -> None:
+        """The batch grouped by partition; each partition's rows in UNLOGGED batches (one
+        mutation of one partition each, never a batch across partitions), the batches
+        sent concurrently after the partitions are recorded. Every statement is bound
+        before anything is sent, so a comment the driver cannot encode fails the call
+        with nothing written; an outage may leave some batches written, and a retry
+        rewrites them as no-ops (fixed write timestamps)."""
+        if not comments:
+            return
+        now = self._clock()
+        if now >= self._next_sweep:
+            self.hot.sweep(now, idle_s=600.0)
+            self._next_sweep = now + 60.0
+        parts: dict[tuple[str, int, int], list[Comment]] = {}
+        for c in comments:
+            hot = self.hot.observe_comment(c.video_id, now)
+            bucket = bucket_of(c.id, self.bucket_ms)
+            parts.setdefault((c.video_id, bucket, shard_for(c.id, self.shards) if hot else 0), []).append(c)
+        stmt = self._stmts.get("insert")
+        if stmt is None or self._session is None:
+            raise StoreUnavailable("CQL store is not connected")
+        requests: list[Any] = []
+        for (_video, bucket, shard), rows in parts.items():
+            for chunk in batch_chunks(rows, BATCH_ROWS, BATCH_BYTES):
+                bound = [stmt.bind(_insert_params(c, bucket, shard)) for c in chunk]
+                if len(bound) == 1:
+                    requests.append(bound[0])
+                    continue
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for b in bound:
+                    batch.add(b)
+                batch.is_idempotent = True
+                requests.append(batch)
+        await _gather(
+            [functools.partial(self._record_partition, v, b, s, now) for v, b, s in parts]
         )
+        limiter = trio.CapacityLimiter(WRITES_IN_FLIGHT)
+
+        async def send(request: Any) -> None:
+            async with limiter:
+                await self._execute(request)
+
+        await _gather([functools.partial(send, r) for r in requests])
+
+    async def _execute(self, statement: Any) -> Any:
+        session = self._session
+        if session is None:
+            raise StoreUnavailable("CQL store is not connected")
+        return await _await_future(lambda: session.execute_async(statement))
 
     async def _record_partition(self, video_id: str, bucket: int, shard: int, now: float) -> None:
         """Write the partition-map row before the partition's first comment (from this
@@ -659,6 +707,39 @@ class ScyllaStore:
                 out.append(copies[0].comment(video_id))
             if any(not r.buf and not r.exhausted for r in live):
                 await refill_empty()
+
+
+def _insert_params(comment: Comment, bucket: int, shard: int) -> tuple[Any, ...]:
+    """The ``insert`` statement's parameters for one comment."""
+    a = comment.author
+    return (
+        comment.video_id, bucket, shard, comment.id,
+        a.id, a.name, a.verified, comment.text, comment.created_at,
+        comment.client_id, comment.shadow, comment.streamer,
+        _write_timestamp(comment.id),
+    )  # fmt: skip
+
+
+def batch_chunks(rows: Sequence[Comment], max_rows: int, max_bytes: int) -> list[list[Comment]]:
+    """``rows`` in order, cut into runs of at most ``max_rows`` rows and about ``max_bytes``
+    (a row's text, author and client id in UTF-8, plus 48 for the other columns); a row
+    larger than ``max_bytes`` alone is a run of its own."""
+    if max_rows < 1:
+        raise ValueError("max_rows must be positive")
+    out: list[list[Comment]] = []
+    run: list[Comment] = []
+    size = 0
+    for c in rows:
+        n = len(c.text.encode()) + len(c.author.id.encode()) + len(c.author.name.encode())
+        n += len((c.client_id or "").encode()) + 48
+        if run and (len(run) >= max_rows or size + n > max_bytes):
+            out.append(run)
+            run, size = [], 0
+        run.append(c)
+        size += n
+    if run:
+        out.append(run)
+    return out
 
 
 def _write_timestamp(comment_id: int) -> int:

@@ -1,9 +1,11 @@
 """The embedded store: one SQLite file, written by one writer task with group commit.
 
-``append`` puts the comment on a bounded queue (10,000 by default; when it is full,
-posters wait: that is the backpressure onto ingest) and returns when the transaction
-holding it has committed, so a 201 always means "committed". The writer takes whatever
-is queued (up to 500) into one transaction, which keeps 1,000 posts/s cheap.
+``append`` puts the comment on a bounded queue (10,000 entries by default; when it is
+full, posters wait: that is the backpressure onto ingest) and returns when the
+transaction holding it has committed, so a 201 always means "committed". The writer
+takes whatever is queued (up to 500 comments) into one transaction, which keeps 1,000
+posts/s cheap. ``append_many`` (a cluster's persist worker) queues a whole batch as one
+entry: it is committed in one transaction, all of it or none of it.
 
 Durability: by default (``durable=False``, SQLite's ``synchronous=NORMAL`` in WAL mode)
 a commit is written to the WAL file but not fsynced: it survives the server process being
@@ -17,7 +19,7 @@ in worker threads so the Trio loop never blocks on the disk.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -77,9 +79,10 @@ class SqliteStore:
         self.path = path
         self.durable = durable
         self.batch_max = batch_max
-        self._send, self._recv = trio.open_memory_channel[tuple[Comment, list[BaseException | None], trio.Event]](
-            queue_size
-        )
+        # One entry per call: its comments go into one transaction (with other entries').
+        self._send, self._recv = trio.open_memory_channel[
+            tuple[Sequence[Comment], list[BaseException | None], trio.Event]
+        ](queue_size)
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_limiter = trio.CapacityLimiter(1)
@@ -111,14 +114,19 @@ class SqliteStore:
         async with self._recv:
             async for first in self._recv:
                 batch = [first]
-                while len(batch) < self.batch_max:
+                size = len(first[0])
+                while size < self.batch_max:
                     try:
-                        batch.append(self._recv.receive_nowait())
+                        item = self._recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                    batch.append(item)
+                    size += len(item[0])
                 error: BaseException | None = None
                 try:
-                    await trio.to_thread.run_sync(self._write_batch, [c for c, _, _ in batch], abandon_on_cancel=False)
+                    await trio.to_thread.run_sync(
+                        self._write_batch, [c for cs, _, _ in batch for c in cs], abandon_on_cancel=False
+                    )
                 except sqlite3.Error as e:
                     error = StoreUnavailable(str(e))
                 for _, slot, done in batch:
@@ -146,10 +154,15 @@ class SqliteStore:
             raise
 
     async def append(self, comment: Comment) -> None:
+        await self.append_many((comment,))
+
+    async def append_many(self, comments: Sequence[Comment]) -> None:
+        if not comments:
+            return
         slot: list[BaseException | None] = [None]
         done = trio.Event()
         try:
-            await self._send.send((comment, slot, done))
+            await self._send.send((comments, slot, done))
         except trio.ClosedResourceError:
             raise StoreUnavailable("the store is shutting down") from None
         await done.wait()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -211,12 +211,42 @@ class Automod:
 
     async def handle(self, comment: Comment) -> Verdict | None:
         """Check one comment and remove it if flagged."""
+        verdict = await self._checked(comment)
+        if verdict is not None:
+            await self._remove(comment, verdict)
+        return verdict
+
+    async def handle_batch(self, comments: Sequence[Comment]) -> list[Verdict | None]:
+        """Check a batch (in order: the repeat and flood rules count what came before),
+        then remove the flagged ones. A comment whose check or removal fails is counted
+        in ``errors`` and lets the others go on (its verdict is None)."""
+        verdicts: list[Verdict | None] = []
+        for comment in comments:
+            try:
+                verdicts.append(await self._checked(comment))
+            except Exception as e:
+                self.metrics.errors.inc()
+                log.warning("moderation of %s/%s failed: %r", comment.video_id, comment.id, e)
+                verdicts.append(None)
+        for i, (comment, verdict) in enumerate(zip(comments, verdicts, strict=True)):
+            if verdict is None:
+                continue
+            try:
+                await self._remove(comment, verdict)
+            except Exception as e:
+                self.metrics.errors.inc()
+                log.warning("moderation of %s/%s failed: %r", comment.video_id, comment.id, e)
+                verdicts[i] = None
+        return verdicts
+
+    async def _checked(self, comment: Comment) -> Verdict | None:
         started = trio.current_time()
         verdict = await self.check(comment)
         self.metrics.checked.inc()
         self.metrics.check_seconds.observe(trio.current_time() - started)
-        if verdict is None:
-            return verdict
+        return verdict
+
+    async def _remove(self, comment: Comment, verdict: Verdict) -> None:
         details: dict[str, Any] = {"detail": verdict.detail}
 
         def removed() -> None:  # the Removal is on the bus: viewers are being told now
@@ -229,7 +259,6 @@ class Automod:
         await self.remover.remove(
             comment, actor=AUTOMOD, action="automod_remove", reason=verdict.rule, details=details, on_removed=removed
         )
-        return verdict
 
     async def work(self, queue: InProcessQueue) -> None:
         """One worker: take, check, remove; a failure costs one comment, not the worker."""
