@@ -284,10 +284,14 @@ class Poster:
         # Users and texts of this video's own: automod removes one user's same text
         # posted in several videos (cross_video_flood).
         headers = [self.cluster.auth(f"{self.video}-poster{u}") for u in range(self.users)]
-        n = 0
+        n = attempt = 0
         next_at = trio.current_time()
         while self.running:
-            body = {"text": f"{self.video} comment {n}", "client_id": f"c{n}"}
+            # Each attempt's text is its own: a 503 may still have stored the comment (a
+            # write Redis did not replicate in time), and automod removes the third copy of
+            # one user's text in a video, which would look like a lost comment here.
+            attempt += 1
+            body = {"text": f"{self.video} comment {n} (attempt {attempt})", "client_id": f"c{n}"}
             try:
                 r = await client.post(
                     f"{self.cluster.edge}/v1/videos/{self.video}/comments", json=body, headers=headers[n % self.users]

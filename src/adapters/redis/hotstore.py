@@ -183,7 +183,7 @@ class HotStore:
         self._lean_append = LuaScript(scripts.source("append"))
         self._lean_post = LuaScript(scripts.source("post"))
 
-    async def _write(self, script: scripts.ScriptCall, keys: list[str], args: list[str | int] | list[float | str | int]) -> Any:
+    async def _write(self, script: scripts.ScriptCall, keys: list[str], args: list[Any]) -> Any:
         """Run a writing script; with ``wait_replicas``, also WAIT on its connection."""
         if not self.wait_replicas:
             return await script(keys=keys, args=args)
