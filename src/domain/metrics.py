@@ -50,6 +50,12 @@ class Metrics:
         self.removals = Counter("livecomments_removals", "Comments removed", registry=r)
         self.mode_changes = Counter("livecomments_mode_changes", "Fan-out mode changes", ["to"], registry=r)
         self.video_mode = Gauge("livecomments_video_mode", "Videos not in push mode (1 per video)", ["video_id", "mode"], registry=r)
+        self.video_shards = Gauge(
+            "livecomments_video_shards",
+            "Shards a spread video's viewers are served over (videos with more than one and a room here)",
+            ["video_id"],
+            registry=r,
+        )
         self.sampled_out_total = Counter("livecomments_sampled_out", "Comments sampled out (sent to their author only)", registry=r)
         self.tier_evaluations = Counter("livecomments_tier_evaluations", "Rounds of tier decisions", registry=r)
         self.snapshot_writes = Counter("livecomments_snapshot_writes", "Snapshots built", registry=r)
@@ -89,6 +95,15 @@ class Metrics:
                 pass
         if new != "push":  # only the few big videos get a series
             self.video_mode.labels(video_id, new).set(1)
+
+    def spread_changed(self, video_id: str, old: int, new: int) -> None:
+        if new > 1:  # only spread videos get a series
+            self.video_shards.labels(video_id).set(new)
+        elif old > 1:
+            try:
+                self.video_shards.remove(video_id)
+            except KeyError:
+                pass
 
     def sampled_out(self, n: int) -> None:
         if n:

@@ -54,6 +54,9 @@ class StreamParams:
     after: int | None  # Last-Event-ID / last_event_id: replay what came after
     backlog: int
     identity: Identity | None
+    # Which slice of a spread video's audience the edge routed this stream by (0: the
+    # video's own key). Checked for range only: any node serves any shard.
+    shard: int = 0
 
 
 def stream_params(
@@ -68,6 +71,12 @@ def stream_params(
     backlog = parse_int(query.get("backlog"), "backlog", settings.backlog, 0, settings.backlog_max)
     cursor = last_event_id if last_event_id not in (None, "") else query.get("last_event_id")
     after = parse_id(cursor, "Last-Event-ID") if cursor not in (None, "") else None
+    shard = parse_shard(settings, query.get("shard"))
     token = query.get("token")
     identity = issuer.verify(token) if token else None
-    return StreamParams(video_id, after, backlog, identity)
+    return StreamParams(video_id, after, backlog, identity, shard)
+
+
+def parse_shard(settings: Settings, value: str | None) -> int:
+    """``?shard=N``: 0 to ``spread_max_shards - 1`` (absent: 0)."""
+    return parse_int(value, "shard", 0, 0, settings.spread_max_shards - 1)

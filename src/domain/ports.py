@@ -103,10 +103,10 @@ class LimitedBroker(Protocol):
 
 
 class Presence(Protocol):
-    """A video's audience over every realtime node, and one fan-out mode for all of them.
-    The all-in-one server counts its own viewers (``rms.room.LocalPresence``); a cluster
-    sums every rms node's counts in Redis and decides modes with one script
-    (``adapters.redis.presence.Presence``)."""
+    """A video's audience over every realtime node, and one fan-out mode and one shard
+    count for all of them. The all-in-one server counts its own viewers
+    (``rms.room.LocalPresence``); a cluster sums every rms node's counts in Redis and
+    decides modes and shard counts with one script each (``adapters.redis.presence.Presence``)."""
 
     async def total_viewers(self, video_id: str, local: int) -> int:
         """The video's viewers everywhere, given ``local`` on this node."""
@@ -115,6 +115,16 @@ class Presence(Protocol):
     async def agree_mode(self, video_id: str, current: Mode, proposed: Mode) -> Mode | None:
         """The mode every node is to use after this node proposed ``proposed``; None
         when no decision could be made now (the node proposes again later)."""
+        ...
+
+    async def agree_spread(self, video_id: str, current: int, proposed: int) -> int | None:
+        """The shard count (``backpressure.spread``) every node and client is to use after
+        this node proposed ``proposed``; None when no decision could be made now."""
+        ...
+
+    async def agreed(self, video_id: str) -> tuple[Mode, int] | None:
+        """The mode and shard count in force for the video (what a node that opens a room
+        for it starts from), or None when there is no one to ask."""
         ...
 
 

@@ -94,6 +94,9 @@ class Settings:
     tier_cdn_at: int = _setting(100000, "viewers at which a video goes to cdn", kind=int)
     tier_cdn_below: int = _setting(80000, "viewers below which it returns to sampled", kind=int)
     tier_min_dwell_s: float = _setting(10.0, "seconds in a mode before it may change again", kind=float)
+    spread_viewers_per_node: int = _setting(20000, "viewers of one video per shard: a video gets one more shard (an rms node, usually) per this many viewers (cluster mode; 0: never spread)", kind=int)
+    spread_max_shards: int = _setting(64, "most shards one video's viewers spread over (1-999; also the range of ?shard=)", kind=int)
+    spread_shrink_after_s: float = _setting(60.0, "seconds a spread video's audience must stay small before new viewers go to fewer shards", kind=float)
     sample_target_per_s: float = _setting(20.0, "comments per second everyone sees in sampled mode", kind=float)
     snapshot_interval_s: float = _setting(1.0, "seconds between snapshots in cdn mode", kind=float)
     log_level: str = _setting("info", "debug | info | warning | error")
@@ -146,9 +149,11 @@ def check(s: Settings) -> None:
     for name in positive:
         if getattr(s, name) <= 0:
             raise ValueError(f"{name} must be positive")
-    for name in ("room_linger_s", "shutdown_grace_s", "tier_min_dwell_s"):
+    for name in ("room_linger_s", "shutdown_grace_s", "tier_min_dwell_s", "spread_shrink_after_s"):
         if getattr(s, name) < 0:
             raise ValueError(f"{name} must not be negative")
+    if s.spread_viewers_per_node < 0 or not 1 <= s.spread_max_shards <= 999:
+        raise ValueError("spread_viewers_per_node must not be negative, spread_max_shards must be in 1..999")
     if not 0 <= s.worker_id <= 1023:
         raise ValueError("worker_id must be in 0..1023")
     if s.tier_sampled_below > s.tier_sampled_at or s.tier_cdn_below > s.tier_cdn_at:

@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from adapters.redis.hotstore import HotStore
     from adapters.redis.lean import ScriptPipe
     from adapters.redis.presence import Presence
+    from adapters.redis.spread import ShardLoads
     from rms.room import Rooms
-    from transport.services import VideoStats
+    from transport.services import VideoSpread, VideoStats
 
 log = logging.getLogger("livecomments.cluster_nodes")
 
@@ -190,6 +191,24 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
 # -- rms ----------------------------------------------------------------------------------------
 
 
+def cluster_spread(rooms: Rooms, presence: Presence, loads: ShardLoads) -> VideoSpread:
+    """``GET /v1/videos/{id}/spread``: the count agreed in Redis and, when above 1, each
+    shard's viewers over the cluster (when Redis cannot answer: this node's room's last
+    agreed count, or 1, without loads; clients then pick uniformly)."""
+
+    async def spread(video_id: str) -> dict[str, Any]:
+        try:
+            shards = await presence.shards(video_id)
+            if shards == 1:
+                return {"shards": 1}
+            return {"shards": shards, "viewers": await loads.loads(video_id, shards)}
+        except REDIS_ERRORS:
+            room = rooms.rooms.get(video_id)
+            return {"shards": room.shards if room else 1}
+
+    return spread
+
+
 def cluster_stats(rooms: Rooms, presence: Presence, hot: HotStore) -> VideoStats:
     """``GET /v1/videos/{id}/stats`` with the cluster's numbers (this node's own room
     when Redis cannot answer)."""
@@ -215,7 +234,8 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
     from adapters.redis.hotstore import ClusterStore
     from adapters.redis.presence import Presence
     from adapters.redis.snapshots import SnapshotPublisher
-    from rms.room import Rooms
+    from adapters.redis.spread import ShardLoads
+    from rms.room import Rooms, spread_thresholds
     from transport.app import asgi, rms_app
     from transport.frontdoor import FrontDoor
     from transport.handoff import AsgiHandoff
@@ -245,16 +265,20 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
             min_dwell_s=settings.tier_min_dwell_s,
             metrics=c.metrics,
         )
+        loads = ShardLoads(c.redis, c.keys, me, ttl_s=settings.presence_ttl_s, interval_s=settings.presence_interval_s)
         snapshots = SnapshotPublisher(c.redis, c.keys, me, interval_s=settings.snapshot_interval_s)
-        rooms = Rooms(settings, store, bus, c.metrics, presence=presence, snapshots=snapshots)
+        rooms = Rooms(
+            settings, store, bus, c.metrics, presence=presence, snapshots=snapshots, spread=spread_thresholds(settings)
+        )
         node = Node(settings, c.issuer, c.metrics, ready_checks=(redis_check(c.redis),))
-        app = rms_app(node, RmsParts(rooms, store, cluster_stats(rooms, presence, hot)))
+        app = rms_app(node, RmsParts(rooms, store, cluster_stats(rooms, presence, hot), cluster_spread(rooms, presence, loads)))
         handoff = AsgiHandoff(asgi(app, settings), settings)
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, rooms=rooms)
         async with trio.open_nursery() as root:
             await root.start(bus.run)
             await root.start(rooms.run)
             await root.start(presence.run, rooms)
+            await root.start(loads.run, rooms)
             await root.start(snapshots.run, rooms)
             await handoff.start(root)
             await root.start(front.serve, [c.lsock])

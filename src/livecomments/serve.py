@@ -26,7 +26,7 @@ from rms.room import Rooms
 from transport.app import all_in_one_app, asgi
 from transport.frontdoor import FrontDoor
 from transport.handoff import AsgiHandoff
-from transport.routes_rms import local_stats
+from transport.routes_rms import local_stats, one_shard
 from transport.services import IngestParts, Node, RmsParts
 
 log = logging.getLogger("livecomments")
@@ -92,7 +92,7 @@ async def serve(settings: Settings, *, until: Callable[[], Awaitable[None]] = wa
         app = all_in_one_app(
             node,
             IngestParts(pipeline, comments, moderation, limiter),
-            RmsParts(rooms, store, local_stats(rooms)),
+            RmsParts(rooms, store, local_stats(rooms), one_shard),
         )
         handoff = AsgiHandoff(asgi(app, settings), settings)  # behind proxy_hops proxies too
         front = FrontDoor(settings, issuer, metrics, handoff, rooms=rooms, pipeline=pipeline)

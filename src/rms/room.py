@@ -29,6 +29,7 @@ import trio
 
 from backpressure.pacer import FlushPacer
 from backpressure.sampler import Candidate, Sampler
+from backpressure.spread import SpreadController, SpreadThresholds
 from backpressure.tiers import Mode, Thresholds, TierController
 from backpressure.velocity import Velocity
 from domain.errors import TooManyRooms
@@ -67,6 +68,7 @@ class Room:
         self.metrics = metrics
         self.ring: Ring[Entry] = Ring(settings.ring_size)
         self.viewers: set[Viewer] = set()
+        self.by_shard: dict[int, int] = {}  # shard -> viewers here (see join)
         self.pending: list[Entry] = []
         self.pending_ids: set[int] = set()
         self.pending_removals: list[int] = []
@@ -77,6 +79,11 @@ class Room:
         self.sampler = Sampler(settings.sample_target_per_s)
         self.removals_total = 0
         self.mode: Mode = "push"
+        self._mode_events = 0  # ModeChange events received (see adopt_agreed)
+        # Over how many shards the cluster agreed to spread the video's viewers, and this
+        # node's controller that proposes changes (None: spreading is off here).
+        self.shards = 1
+        self.spread = SpreadController(rooms.spread) if rooms.spread is not None else None
         # Bumps on every change the public snapshot shows, and only then: a shadowed
         # comment (or its removal) must not change it, or the ETag would tell.
         self.version = 0
@@ -107,6 +114,7 @@ class Room:
         elif isinstance(event, BusGap):
             self.backfill_gap(event.first_id, event.missed)
         elif isinstance(event, ModeChange):
+            self._mode_events += 1
             if event.mode in ("push", "sampled", "cdn") and event.mode != self.mode:
                 self.set_mode(event.mode)  # type: ignore[arg-type]
         elif isinstance(event, Removal) and event.shadow:
@@ -194,19 +202,28 @@ class Room:
             out += control("reset", {}, plain)
         return out + join(entries, encoding)
 
-    def join(self, viewer: Viewer) -> None:
+    def join(self, viewer: Viewer, shard: int = 0) -> None:
+        """``shard``: the slice of a spread video's audience the viewer came through
+        (``StreamParams.shard``); the room counts its viewers per shard (``by_shard``)."""
         if self.closed:
             # Closed (evicted, or lingered out) between the caller's ``Rooms.get`` and
             # this join: nothing would ever be delivered here. End the connection at once;
             # the client reconnects and gets the video's new room.
             viewer.close()
             return
+        viewer.shard = shard
         self.viewers.add(viewer)
+        self.by_shard[shard] = self.by_shard.get(shard, 0) + 1
         self.owner.viewer_joined(self)
 
     def leave(self, viewer: Viewer) -> None:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
+            left = self.by_shard.get(viewer.shard, 0) - 1
+            if left > 0:
+                self.by_shard[viewer.shard] = left
+            else:
+                self.by_shard.pop(viewer.shard, None)
             self._last_used = trio.current_time()
             self.owner.viewer_left(self)
             self._wake.set()
@@ -221,6 +238,33 @@ class Room:
         self.tier.changed_at = trio.current_time()
         if agreed != self.mode:
             self.set_mode(agreed)
+
+    def settle_spread(self, agreed: int | None) -> None:
+        """The outcome of this room's proposal of a shard count (``Presence.agree_spread``),
+        or the count read when the room opened; None: propose again later."""
+        if self.spread is None:
+            return
+        self.spread.settle(self.shards if agreed is None else agreed)
+        if self.spread.shards != self.shards:
+            self.metrics.spread_changed(self.video_id, self.shards, self.spread.shards)
+            self.shards = self.spread.shards
+
+    async def adopt_agreed(self) -> None:
+        """Start from the mode and shard count in force for the video rather than from
+        push and one shard: a node that opens a room for a video others already serve (a
+        spread video's new shard, the next node after one died) must not push to its
+        viewers what the others sample, nor propose changes from a view it never had.
+        Called after subscribing, so no change falls between the two; a mode event that
+        arrives while the answer is on its way is newer than the answer and wins."""
+        seen = self._mode_events
+        agreed = await self.owner.presence.agreed(self.video_id)
+        if agreed is None:
+            return
+        mode, shards = agreed
+        if self._mode_events == seen and mode != self.mode:
+            self.set_mode(mode)
+        self.tier.mode = self.mode
+        self.settle_spread(shards)
 
     def evict(self) -> None:
         """Close this idle room now (``Rooms`` needs its place): its task ends at once."""
@@ -265,6 +309,7 @@ class Room:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.bus.subscribe(self.video_id, self.on_event)
         try:
+            await self.adopt_agreed()
             try:
                 # Every author's shadowed comments too: visibility is decided per viewer
                 # when the ring is read, as for the comments that arrive live.
@@ -284,6 +329,8 @@ class Room:
             self.owner.forget(self)
             self.ready.set()
             self.changed.set()
+            if self.shards > 1:
+                self.metrics.spread_changed(self.video_id, self.shards, 1)  # its gauge goes
             with trio.CancelScope(shield=True):
                 await self.bus.unsubscribe(self.video_id, self.on_event)
 
@@ -433,6 +480,15 @@ class Room:
         return out
 
 
+def spread_thresholds(settings: Settings) -> SpreadThresholds | None:
+    """The spread controllers' thresholds of a cluster's rms node (None: turned off)."""
+    if settings.spread_viewers_per_node <= 0 or settings.spread_max_shards <= 1:
+        return None
+    return SpreadThresholds(
+        settings.spread_viewers_per_node, settings.spread_max_shards, shrink_after_s=settings.spread_shrink_after_s
+    )
+
+
 class LocalPresence:
     """The ``Presence`` of a process that is the whole cluster: its own viewers, its
     own decisions."""
@@ -442,6 +498,12 @@ class LocalPresence:
 
     async def agree_mode(self, video_id: str, current: Mode, proposed: Mode) -> Mode | None:
         return proposed
+
+    async def agree_spread(self, video_id: str, current: int, proposed: int) -> int | None:
+        return 1  # one process: nothing to spread over
+
+    async def agreed(self, video_id: str) -> tuple[Mode, int] | None:
+        return None  # the rooms are the only state
 
 
 class Rooms:
@@ -456,6 +518,7 @@ class Rooms:
         *,
         presence: Presence | None = None,
         snapshots: SnapshotSource | None = None,
+        spread: SpreadThresholds | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -477,18 +540,27 @@ class Rooms:
         )
         self.presence: Presence = presence if presence is not None else LocalPresence()
         self.snapshots = snapshots
+        self.spread = spread  # None: videos are not spread (one process, or turned off)
 
     async def tier_loop(self, interval: float = 1.0) -> None:
-        """Once a second, feed each room's total viewers to its tier controller."""
+        """Once a second, feed each room's total viewers to its tier controller (and its
+        spread controller)."""
         while True:
             await trio.sleep(interval)
-            now = trio.current_time()
-            for room in list(self.rooms.values()):
-                total = await self.presence.total_viewers(room.video_id, len(room.viewers))
-                change = room.tier.observe(total, now)
-                if change is not None:
-                    room.settle_mode(await self.presence.agree_mode(room.video_id, room.mode, change))
-            self.metrics.tier_evaluations.inc()
+            await self.tier_tick()
+
+    async def tier_tick(self) -> None:
+        now = trio.current_time()
+        for room in list(self.rooms.values()):
+            total = await self.presence.total_viewers(room.video_id, len(room.viewers))
+            change = room.tier.observe(total, now)
+            if change is not None:
+                room.settle_mode(await self.presence.agree_mode(room.video_id, room.mode, change))
+            if room.spread is not None:
+                shards = room.spread.observe(total, now)
+                if shards is not None:
+                    room.settle_spread(await self.presence.agree_spread(room.video_id, room.shards, shards))
+        self.metrics.tier_evaluations.inc()
 
     def viewer_joined(self, room: Room) -> None:
         self.viewers += 1

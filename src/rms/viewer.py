@@ -47,11 +47,12 @@ LINGER_RESET = struct.pack("ii", 1, 0)
 class Viewer:
     """The base: identity, encoding, queue and the delivery counters."""
 
-    __slots__ = ("closed", "encoding", "queue", "scope", "user_id")
+    __slots__ = ("closed", "encoding", "queue", "scope", "shard", "user_id")
 
     def __init__(self, user_id: str | None, encoding: Encoding, limit: int, stuck_s: float) -> None:
         self.user_id = user_id
         self.encoding = encoding
+        self.shard = 0  # the shard of a spread video it came through (set by Room.join)
         self.queue = OutboundQueue(limit, stuck_s, gap_encoder(encoding))
         self.closed = False
         # The connection's cancel scope: closing the viewer ends its connection task.

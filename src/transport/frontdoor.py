@@ -74,7 +74,8 @@ ACCEPT_SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM}) 
 
 Handoff = Callable[[socket.socket, bytes], Awaitable[None]]
 # What a lean stream needs once its head is answered: room, user, encoding, first bytes, ws.
-Opened = tuple["Room", str | None, Encoding, bytes, WSConnection | None]
+# room, user id, encoding, the opening bytes, the WebSocket (None for SSE), the shard
+Opened = tuple["Room", str | None, Encoding, bytes, WSConnection | None, int]
 
 
 class FrontDoor:
@@ -393,7 +394,7 @@ class FrontDoor:
                 ],
             )
         )
-        return room, user_id, Encoding.SSE, (head or b"") + chunk(first), None
+        return room, user_id, Encoding.SSE, (head or b"") + chunk(first), None, params.shard
 
     # -- WebSocket ------------------------------------------------------------------------
 
@@ -433,7 +434,7 @@ class FrontDoor:
             out += ws.send(RejectData(data=body))
             await _send_all(sock, out)
             return None
-        return room, user_id, Encoding.WS, ws.send(AcceptConnection()) + first, ws
+        return room, user_id, Encoding.WS, ws.send(AcceptConnection()) + first, ws, params.shard
 
     async def _ws_input(self, client: WsClient, data: bytes) -> bool:
         """Handle what the client sent; False when the connection should end.
@@ -530,7 +531,14 @@ class FrontDoor:
     # -- both -----------------------------------------------------------------------------
 
     async def _stream(
-        self, sock: socket.socket, room: Room, user_id: str | None, encoding: Encoding, first: bytes, ws: WSConnection | None
+        self,
+        sock: socket.socket,
+        room: Room,
+        user_id: str | None,
+        encoding: Encoding,
+        first: bytes,
+        ws: WSConnection | None,
+        shard: int,
     ) -> None:
         s = self.settings
         assert self._nursery is not None
@@ -545,7 +553,7 @@ class FrontDoor:
         with trio.CancelScope() as scope:
             viewer.scope = scope
             viewer.open(first, trio.current_time())
-            room.join(viewer)
+            room.join(viewer, shard)
             client = WsClient(ws, viewer, room, Rate.from_text(s.ws_resume_rate)) if ws is not None else None
             try:
                 while not viewer.closed:

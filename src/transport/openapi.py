@@ -147,6 +147,7 @@ def openapi(s: Settings) -> dict[str, Any]:
                         _q("backlog", {"type": "integer", "minimum": 0, "maximum": s.backlog_max}, "recent comments on connect"),
                         _q("last_event_id", ID, "replay after this id (or the Last-Event-ID header)"),
                         _q("token", {"type": "string"}, "identify the watcher"),
+                        _q("shard", {"type": "integer", "minimum": 0, "maximum": s.spread_max_shards - 1}, "the shard of a spread video to watch through (see /spread; default 0)"),
                     ],
                     "responses": {"200": _resp("An endless event stream", {"type": "string"}, "text/event-stream"), **_errors(400, 401, 404, 503)},
                 },
@@ -158,6 +159,10 @@ def openapi(s: Settings) -> dict[str, Any]:
             "/v1/videos/{video_id}/snapshot.json": {
                 "parameters": [VIDEO],
                 "get": {"summary": "The CDN tier's snapshot (Cache-Control max-age=1, ETag, 304)", "responses": {"200": _resp("Latest comments and removals", {"type": "object"}), "304": _resp("Not modified"), **_errors(404, 503)}},
+            },
+            "/v1/videos/{video_id}/spread": {
+                "parameters": [VIDEO],
+                "get": {"summary": "Over how many shards the video's viewers spread (Cache-Control max-age=1): watch with ?shard= one of 0..shards-1", "responses": {"200": _resp("The shard count", {"type": "object", "required": ["video_id", "shards"], "properties": {"video_id": {"type": "string"}, "shards": {"type": "integer", "minimum": 1}, "viewers": {"type": "array", "items": {"type": "integer"}, "description": "each shard's viewers (when more than one shard): pick emptier shards more often"}}}), **_errors(404)}},
             },
             "/v1/videos/{video_id}/stats": {
                 "parameters": [VIDEO],

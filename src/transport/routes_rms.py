@@ -11,7 +11,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, request
 
-from domain.params import check_video, parse_float, parse_id, parse_int, stream_params
+from domain.params import check_video, parse_float, parse_id, parse_int, parse_shard, stream_params
 from rms.frames import Encoding
 from rms.room import Room, Rooms
 from rms.viewer import QueueViewer
@@ -38,7 +38,7 @@ async def events(video_id: str) -> Response:
     room, user_id, first = await _rooms().open_stream(params, Encoding.SSE_PLAIN)
     viewer = QueueViewer(user_id, Encoding.SSE_PLAIN, s.viewer_buffer, s.stuck_s, svc.metrics)
     viewer.open(first, trio.current_time())
-    room.join(viewer)
+    room.join(viewer, params.shard)
     svc.metrics.connections.labels("sse-asgi").inc()
     # The stuck rule: Hypercorn writes each chunk inside a shielded scope, so only the
     # connection's stream can see a viewer that takes nothing; after stuck_s without
@@ -97,6 +97,7 @@ async def _long_poll(video_id: str) -> Response:
     s = svc.settings
     after = parse_id(request.args["after"], "after")
     wait = parse_float(request.args.get("wait"), "wait", 0.0, 0.0, s.longpoll_max_s)
+    parse_shard(s, request.args.get("shard"))  # routed by the edge; checked like a stream's
     who = optional_identity()
     user_id = who.user_id if who else None
     room = await _room(video_id)
@@ -138,6 +139,16 @@ async def snapshot(video_id: str) -> Response:
     return Response(body, status=200, headers=headers, content_type="application/json")
 
 
+@bp.get("/v1/videos/<video_id>/spread")
+async def spread(video_id: str) -> Response:
+    """Over how many shards the video's viewers spread (and, when more than one, the
+    viewers of each): a client picks one of ``0..shards-1`` and watches with
+    ``?shard=N`` (docs/operations.md, "A hot video spreads over several rms nodes")."""
+    check_video(video_id)
+    body = {"video_id": video_id, **await rms().spread(video_id)}
+    return json_response(body, headers={"Cache-Control": "public, max-age=1"})
+
+
 @bp.get("/v1/videos/<video_id>/stats")
 async def stats(video_id: str) -> Response:
     check_video(video_id)
@@ -159,3 +170,8 @@ def local_stats(rooms: Rooms) -> VideoStats:
         }
 
     return stats
+
+
+async def one_shard(video_id: str) -> dict[str, Any]:
+    """The spread of every video in one process: nothing to spread over."""
+    return {"shards": 1}

@@ -28,6 +28,7 @@ from rms.room import Rooms
 
 ReadyCheck = Callable[[], Awaitable[None]]  # raises when a dependency is not reachable
 VideoStats = Callable[[str], Awaitable[dict[str, Any]]]  # GET /v1/videos/{id}/stats
+VideoSpread = Callable[[str], Awaitable[dict[str, Any]]]  # GET /v1/videos/{id}/spread: shards, viewers
 
 
 @attrs.define
@@ -52,6 +53,7 @@ class RmsParts:
     rooms: Rooms
     store: Store
     stats: VideoStats  # this node's numbers, or the cluster's
+    spread: VideoSpread  # 1 in one process; the cluster's agreed count
 
 
 T = TypeVar("T")

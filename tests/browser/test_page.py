@@ -375,6 +375,52 @@ def test_goaway_reconnects_after_jitter_with_last_event_id(
     expect(items(a)).to_have_count(2)
 
 
+def test_a_spread_video_is_watched_through_a_shard_drawn_by_load(
+    server: ServerProcess, video: str, new_page: NewPage, check_js_errors: Any
+) -> None:
+    # Not spread (the real server answers 1 shard): the stream URL is what it always was.
+    plain = new_page()
+    check_js_errors(plain)
+    plain_urls: list[str] = []
+    plain.on("request", lambda request: plain_urls.append(request.url))
+    plain.goto(watch(server, video))
+    connected(plain)
+    assert plain.evaluate("window.livecomments.shard") == 0
+    assert [u for u in plain_urls if "/events" in u] and not [u for u in plain_urls if "shard=" in u]
+
+    # Spread over 4 shards, the last one empty: the draw (Math.random fixed at 0.5) lands
+    # there; after a goaway the count is 2: shard 3 is gone, the page draws again.
+    answers = [{"shards": 4, "viewers": [50, 50, 50, 0]}, {"shards": 2, "viewers": [10, 0]}]
+    spreads: list[str] = []
+    streams: list[str] = []
+
+    def spread(route: Route) -> None:
+        spreads.append(route.request.url)
+        answer = answers[min(len(spreads), len(answers)) - 1]
+        route.fulfill(status=200, content_type="application/json", body=json.dumps({"video_id": video, **answer}))
+
+    def events(route: Route) -> None:
+        streams.append(route.request.url)
+        if len(streams) == 1:
+            fulfill_sse(route, sse(("goaway", {"reconnect_ms": [500, 3000]})))
+        else:
+            route.continue_()  # the real server takes any shard below its maximum
+
+    a = new_page(init_script="Math.random = () => 0.5;")
+    check_js_errors(a)
+    a.route(f"**/v1/videos/{video}/spread", spread)
+    a.route(f"**/v1/videos/{video}/events*", events)
+    a.goto(watch(server, video))
+    pump_until(a, lambda: len(streams) >= 2)
+    assert "shard=3" in streams[0] and "shard=1" in streams[1]
+    assert len(spreads) == 2  # asked before each connection
+    connected(a)
+    assert a.evaluate("window.livecomments.shard") == 1
+    api_post(server, video, "through shard 1")
+    expect(item(a, "through shard 1")).to_have_count(1)
+    expect(item(plain, "through shard 1")).to_have_count(1)
+
+
 # ---------------------------------------------------------------- long-poll
 
 

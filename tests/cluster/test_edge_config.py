@@ -57,7 +57,7 @@ def test_rendered_config_is_valid(tmp_path: Path) -> None:
         edge_template(), run_dir=str(run), listen=f"127.0.0.1:{free_port()}",
         rms=["127.0.0.1:1", "127.0.0.1:2"], ingest=["127.0.0.1:3"],
     )
-    assert "{{" not in conf and "hash $video consistent;" in conf and "proxy_cache_lock on;" in conf
+    assert "{{" not in conf and "hash $video$shard_key consistent;" in conf and "proxy_cache_lock on;" in conf
     (run / "edge.conf").write_text(conf)
     check = subprocess.run(
         [nginx_exe(), "-t", "-p", str(run), "-c", str(run / "edge.conf"), "-e", str(run / "error.log")],

@@ -183,6 +183,39 @@ async def test_mode_propose_changes_only_a_current_view_after_the_dwell(redis: A
     assert s(await propose(keys=k, args=["sampled", "push", 0, ch, "x"])) == "push"
 
 
+# -- spread_propose.lua ---------------------------------------------------------------------------
+
+
+async def test_spread_propose_changes_only_a_current_view(redis: Any, keys: Keys) -> None:
+    propose = scripts.register(redis, "spread_propose")
+    k = [keys.spread("v1")]
+    assert await propose(keys=k, args=[1, 3, 60_000]) == 3
+    assert await redis.get(keys.spread("v1")) == b"3" and 0 < await redis.pttl(keys.spread("v1")) <= 60_000
+    assert await propose(keys=k, args=[1, 2, 60_000]) == 3  # stale view: told the count in force
+    assert await propose(keys=k, args=[3, 4, 60_000]) == 4
+    assert await propose(keys=k, args=[4, 1, 60_000]) == 1
+    assert not await redis.exists([keys.spread("v1")])  # one shard: no key at all
+    assert await propose(keys=k, args=[2, 5, 60_000]) == 1  # absent means 1
+
+
+# -- shard_loads.lua ------------------------------------------------------------------------------
+
+
+async def test_shard_loads_sums_live_counts_per_shard(redis: Any, keys: Keys) -> None:
+    loads = scripts.register(redis, "shard_loads")
+    k = [keys.shard_viewers("v1")]
+    assert await loads(keys=k, args=[3]) == [0, 0, 0]
+    live, dead = now_ms() + 60_000, now_ms() - 1000
+    await redis.hset(
+        keys.shard_viewers("v1"),
+        {"rms-a/0": f"5:{live}", "rms-b/0": f"2:{live}", "rms-b/2": f"7:{live}", "rms-c/1": f"9:{dead}", "rms-c/4": f"3:{live}"},
+    )
+    # rms-c/1 expired; shard 4 is beyond the count in force.
+    assert await loads(keys=k, args=[3]) == [7, 0, 7]
+    assert await loads(keys=k, args=[5]) == [7, 0, 7, 0, 3]
+    assert await redis.hlen(keys.shard_viewers("v1")) == 5  # read only
+
+
 # -- snapshot_write.lua ---------------------------------------------------------------------------
 
 

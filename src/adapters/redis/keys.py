@@ -26,6 +26,8 @@ Lua script may only touch keys of one slot, so:
 | ``lc:{n}:rate:v`` | hash | second -> comments accepted in it |
 | ``lc:{n}:viewers:v`` | hash | rms node -> ``viewers:expires_ms`` (presence) |
 | ``lc:{n}:mode:v`` | string | ``mode:changed_ms``, the video's fan-out mode |
+| ``lc:{n}:spread:v`` | string | the video's shard count (absent: 1) |
+| ``lc:{n}:shardviewers:v`` | hash | ``node/shard`` -> ``viewers:expires_ms`` (spread videos) |
 | ``lc:{n}:snaplease:v`` | string | the rms node that writes the cdn snapshot |
 | ``lc:{n}:snapshot:v`` | string | ``etag\\nbody``, the cdn snapshot |
 | ``lc:{n}:stream`` | stream | new comments and removals for ``persist`` |
@@ -100,6 +102,14 @@ class Keys:
     def mode(self, video_id: str) -> str:
         """String "mode:changed_ms": the video's fan-out mode, decided once for all nodes."""
         return f"{self._tag(video_id)}:mode:{video_id}"
+
+    def spread(self, video_id: str) -> str:
+        """String: over how many shards the video's viewers spread (absent: 1)."""
+        return f"{self._tag(video_id)}:spread:{video_id}"
+
+    def shard_viewers(self, video_id: str) -> str:
+        """Hash: "rms node/shard" -> "viewers:expires_ms", for spread videos only."""
+        return f"{self._tag(video_id)}:shardviewers:{video_id}"
 
     def snapshot_lease(self, video_id: str) -> str:
         """String: the rms node that writes the video's cdn snapshot."""

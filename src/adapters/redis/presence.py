@@ -13,6 +13,12 @@ changes the video's mode only if the proposer saw the current mode and the curre
 has been held for ``min_dwell_s`` (on Redis' clock), and then publishes a ``mode`` event
 on the video's channel, which every node's room applies. A proposal that lost (stale
 view, dwell not over) returns the mode in force, which the proposing room adopts.
+
+Spread: the shard count of a hot video (``backpressure.spread``) is agreed the same way,
+without an event: a node proposes a change from the count it saw; the script applies it
+only if that view is current. Clients read the count (``GET /v1/videos/{id}/spread``), so
+nothing needs telling; a node that opens a room reads the mode and count in force
+(``agreed``) instead of starting from push and one shard.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from adapters.redis import scripts
 from adapters.redis.bus import encode
 from adapters.redis.client import REDIS_ERRORS, Redis
 from adapters.redis.keys import Keys
-from backpressure.tiers import Mode
+from backpressure.tiers import MODES, Mode
 from domain.model import ModeChange
 
 if TYPE_CHECKING:
@@ -35,6 +41,12 @@ if TYPE_CHECKING:
     from rms.room import Rooms
 
 log = logging.getLogger("livecomments.presence")
+
+# The shard count key's lifetime. Nobody refreshes it: a count left over by a video whose
+# rooms all closed is shrunk by the first room that opens for the video again (its
+# controller sees the small audience), so this only bounds how long Redis keeps it.
+SPREAD_TTL_MS = 86_400_000
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -64,6 +76,7 @@ class Presence:
         self._reported: set[str] = set()
         self._report = scripts.register(redis, "presence_report")
         self._propose = scripts.register(redis, "mode_propose")
+        self._spread = scripts.register(redis, "spread_propose")
         self._gauge: Gauge | None = None
         if metrics is not None:
             self._gauge = Gauge(
@@ -86,6 +99,11 @@ class Presence:
     async def mode(self, video_id: str) -> str:
         cur = await self.redis.get(self.keys.mode(video_id))
         return _text(cur).split(":", 1)[0] if cur else "push"
+
+    async def shards(self, video_id: str) -> int:
+        """The video's shard count (1 when it is not spread)."""
+        raw = await self.redis.get(self.keys.spread(video_id))
+        return max(1, int(_text(raw))) if raw else 1
 
     async def run(
         self, rooms: Rooms, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -139,7 +157,16 @@ class Presence:
     # -- the Presence port ------------------------------------------------------------------
 
     async def total_viewers(self, video_id: str, local: int) -> int:
-        return max(self.totals.get(video_id, local), local)
+        total = self.totals.get(video_id)
+        if total is None:
+            # A room this node has not reported yet: ask for the others' count rather than
+            # decide from this node's viewers alone (a room that adopted the cluster's mode
+            # would otherwise propose a step down on its first tick).
+            try:
+                total = await self.total(video_id)
+            except REDIS_ERRORS:
+                total = local
+        return max(total, local)
 
     async def agree_mode(self, video_id: str, current: Mode, proposed: Mode) -> Mode | None:
         try:
@@ -162,3 +189,17 @@ class Presence:
             log.warning("mode decision for %s deferred: Redis unavailable: %s", video_id, e)
             return None
 
+    async def agree_spread(self, video_id: str, current: int, proposed: int) -> int | None:
+        try:
+            return int(await self._spread(keys=[self.keys.spread(video_id)], args=[current, proposed, SPREAD_TTL_MS]))
+        except REDIS_ERRORS as e:
+            log.warning("shard count of %s deferred: Redis unavailable: %s", video_id, e)
+            return None
+
+    async def agreed(self, video_id: str) -> tuple[Mode, int] | None:
+        try:
+            mode, shards = await self.mode(video_id), await self.shards(video_id)
+        except REDIS_ERRORS as e:
+            log.debug("mode and shard count of %s not read: %s", video_id, e)
+            return None
+        return (mode if mode in MODES else "push", shards)

@@ -26,6 +26,8 @@ NAMES = (
     "remove",
     "presence_report",
     "mode_propose",
+    "spread_propose",
+    "shard_loads",
     "snapshot_write",
     "sliding_window",
     "moderation_write",

@@ -6,6 +6,8 @@
 //      missing or fails three times without ever opening.
 // In "cdn" mode the stream stays open for control events and comments come from polling
 // the snapshot URL with If-None-Match; new ones are spread over the poll interval.
+// A video with a big audience is spread over several realtime nodes: before connecting,
+// the page reads /v1/videos/{id}/spread and watches through one shard (?shard=N).
 //
 // User data is only ever written with textContent. Comment ids are decimal strings
 // (64-bit Snowflakes), compared by length then lexically.
@@ -578,6 +580,45 @@
     }
   });
 
+  // ---------------------------------------------------------------- spread
+  // Before each connection the page asks over how many shards the video's audience is
+  // spread (the edge caches the answer for a second) and watches through one of them:
+  // the one it has while the count still includes it (its node has the room warm),
+  // otherwise one drawn with the emptier shards more likely (backpressure/spread.py,
+  // choose_shard: the same rule). One shard: no parameter at all, as before.
+
+  const MAX_SHARDS = 999;
+  let shard = null; // null until a count was read
+
+  function pickShard(shards, loads) {
+    if (shard !== null && shard < shards) return shard;
+    const r = Math.random();
+    const known = Array.isArray(loads) && loads.length === shards && loads.every((n) => Number.isInteger(n));
+    if (!known) return Math.min(shards - 1, Math.floor(r * shards));
+    // Each shard's gap to the fullest one, plus one: new shards fill first.
+    const top = Math.max(...loads);
+    const weights = loads.map((n) => top - Math.max(0, n) + 1);
+    let point = r * weights.reduce((a, b) => a + b, 0);
+    for (let i = 0; i < shards; i++) {
+      point -= weights[i];
+      if (point < 0) return i;
+    }
+    return shards - 1;
+  }
+
+  /** Read the shard count and pick a shard; on any failure keep the one we have. */
+  async function chooseShard() {
+    try {
+      const r = await fetch(`${base}/spread`);
+      if (!r.ok) return;
+      const body = await r.json();
+      const n = Number(body.shards);
+      if (Number.isInteger(n) && n >= 1 && n <= MAX_SHARDS) shard = pickShard(n, body.viewers);
+    } catch {
+      /* an older server, or the network: watch as before */
+    }
+  }
+
   // ---------------------------------------------------------------- EventSource
 
   let es = null;
@@ -606,18 +647,25 @@
   function connectStream() {
     closeStream();
     const gen = esGen;
+    setStatus({ transport: "sse", conn: everOpened ? "reconnecting" : "connecting" });
+    chooseShard().then(() => {
+      if (gen === esGen) openStream(gen); // not closed or replaced meanwhile
+    });
+  }
+
+  function openStream(gen) {
     resuming = false;
     const params = new URLSearchParams();
     const token = auth.valid() && !streamTokenSuspect ? auth.token : null;
     if (token) params.set("token", token);
     // A fresh EventSource sends no Last-Event-ID header, so name the cursor here.
     if (lastId !== null) params.set("last_event_id", lastId);
+    if (shard) params.set("shard", String(shard));
     const query = params.toString();
     const src = new EventSource(`${base}/events${query ? `?${query}` : ""}`);
     es = src;
     let opened = false;
     modeConfirmed = state.mode !== "cdn";
-    setStatus({ transport: "sse", conn: everOpened ? "reconnecting" : "connecting" });
 
     src.onopen = () => {
       if (gen !== esGen) return;
@@ -798,6 +846,8 @@
     stopCdn();
     const gen = ++lpGen;
     setStatus({ transport: "longpoll", conn: "connecting", mode: "push" });
+    await chooseShard();
+    if (gen !== lpGen) return;
     const headers = () => (auth.valid() ? { Authorization: `Bearer ${auth.token}` } : {});
     let fails = 0;
     let cursor = lastId;
@@ -812,6 +862,7 @@
           url = `${base}/comments?before=${MAX_ID}&limit=${BACKLOG}`;
         } else {
           url = `${base}/comments?after=${encodeURIComponent(cursor)}&wait=${LONGPOLL_WAIT_S}`;
+          if (shard) url += `&shard=${shard}`;
         }
         const r = await fetch(url, { headers: headers(), signal: ctrl.signal, cache: "no-store" });
         if (gen !== lpGen) return;
@@ -880,6 +931,9 @@
     },
     get userId() {
       return auth.userId;
+    },
+    get shard() {
+      return shard;
     },
   });
 })();
