@@ -4,6 +4,11 @@ Hypercorn's per-connection server (``hypercorn.trio.tcp_server.TCPServer``) serv
 Trio stream; we give it the accepted socket wrapped so that the bytes the front door
 already read come out first. The ASGI lifespan runs once, as Hypercorn's own worker
 does it.
+
+Hypercorn parses HTTP/1.1 with h11, whose head limit (``h11_max_incomplete_size``) holds
+only for a head that arrives in pieces: a larger head in one read would be served. Each
+connection's parser is swapped for ``HeadLimitedConnection`` before Hypercorn reads a
+byte, so that a head over ``HEAD_LIMIT`` gets 431 on a kept-alive connection too.
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import h11
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
+
+from livecomments.http1 import HEAD_LIMIT, HeadLimitedConnection
 
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
@@ -60,8 +69,23 @@ def hypercorn_config() -> Config:
     config.errorlog = "-"
     config.keep_alive_timeout = 5
     config.graceful_timeout = 5
-    config.h11_max_incomplete_size = 16 * 1024
+    config.h11_max_incomplete_size = HEAD_LIMIT
     return config
+
+
+class HeadLimitedTCPServer(TCPServer):
+    """Hypercorn's per-connection server, with the request-head limit on every head.
+
+    ``run`` builds the protocol and then reads; ``_read_data`` is where reading starts,
+    so the parser is swapped there, while it has seen nothing yet."""
+
+    async def _read_data(self) -> None:
+        protocol = self.protocol.protocol
+        if isinstance(protocol, H11Protocol) and isinstance(protocol.connection, h11.Connection):
+            fresh = protocol.connection
+            if fresh.their_state is h11.IDLE and not fresh.trailing_data[0]:
+                protocol.connection = HeadLimitedConnection(self.config.h11_max_incomplete_size)
+        await super()._read_data()
 
 
 class AsgiHandoff:
@@ -83,4 +107,4 @@ class AsgiHandoff:
 
     async def __call__(self, sock: socket.socket, prefix: bytes) -> None:
         stream = PrefixedStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), prefix)
-        await TCPServer(self.app, self.config, self.context, self.state, stream).run()  # type: ignore[arg-type]
+        await HeadLimitedTCPServer(self.app, self.config, self.context, self.state, stream).run()  # type: ignore[arg-type]

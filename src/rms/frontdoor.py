@@ -40,6 +40,7 @@ from ingest.service import CommentService
 from livecomments.auth import TokenIssuer
 from livecomments.config import Settings
 from livecomments.errors import BadRequest, LivecommentsError, PayloadTooLarge
+from livecomments.http1 import HEAD_LIMIT, HeadLimitedConnection
 from rms.frames import Encoding, chunk, control, join
 from rms.params import check_video, parse_id, stream_params
 from rms.room import Room, Rooms
@@ -50,7 +51,6 @@ log = logging.getLogger("livecomments.frontdoor")
 STREAM_PATH = re.compile(r"^/v1/videos/([^/]*)/(events|ws)$")
 POST_PATH = re.compile(r"^/v1/videos/([^/]*)/comments$")
 BODY_TIMEOUT_S = 30.0
-HEAD_LIMIT = 16 * 1024  # bytes of request head we accept before answering 431
 HEAD_TIMEOUT_S = 10.0
 WS_MESSAGE_LIMIT = 4096
 LINGER_S = 2.0  # after an answer with Connection: close, read what is in flight this long
@@ -154,7 +154,7 @@ class FrontDoor:
         """Read request heads; open a lean stream (its parts), answer a lean post and read
         the next request, or return the bytes of a request to hand to Hypercorn; None
         when the connection is done (closed, or answered)."""
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        conn = HeadLimitedConnection(HEAD_LIMIT)  # 431 for a head over the limit, however it arrives
         while True:
             raw = bytearray(conn.trailing_data[0])  # this request's bytes, from its start
             request: h11.Request | None = None
@@ -163,14 +163,12 @@ class FrontDoor:
                     try:
                         event = conn.next_event()
                     except h11.RemoteProtocolError as e:
-                        await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
+                        if e.error_status_hint == 431:
+                            await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
+                        else:
+                            await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
                         return None
                     if event is h11.NEED_DATA:
-                        if len(raw) > HEAD_LIMIT:
-                            # Still no whole head after the limit (h11 checks only heads that
-                            # arrive in several reads, so say it here for every case).
-                            await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
-                            return None
                         data = await _recv(sock)
                         if not data:
                             return None
@@ -182,7 +180,11 @@ class FrontDoor:
                         return None
             if request is None:
                 return None
-            split = urlsplit(request.target.decode("latin-1"))
+            try:
+                split = urlsplit(request.target.decode("latin-1"))
+            except ValueError:  # e.g. "//[x": a netloc that is not a valid IPv6 address
+                await self._simple_error(sock, conn, 400, "bad_request", "the request target is not a valid URL")
+                return None
             lean = request.http_version == b"1.1" and not self.draining
             m = STREAM_PATH.match(split.path)
             if m and request.method == b"GET" and lean:
@@ -212,11 +214,11 @@ class FrontDoor:
         headers = {k.lower().decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
         auth, ctype = headers.get("authorization"), headers.get("content-type")
         status, body, extra = 201, b"", [(b"content-type", b"application/json")]
+        declared = _content_length(headers.get("content-length"))
         try:
             check_video(video_id)
             self.issuer.from_header(auth)  # 401 before reading the body, as the Quart route
-            length = headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > limit:
+            if declared is not None and declared > limit:
                 raise PayloadTooLarge(f"the body is larger than {limit} bytes")
             if conn.they_are_waiting_for_100_continue:
                 await _send_all(sock, conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
@@ -234,14 +236,17 @@ class FrontDoor:
         # is read and dropped after the answer, so the connection can carry the next
         # request. A client waiting for ``100 Continue`` will not send it, and a body over
         # the limit (or of unknown length) is not worth reading: those connections close.
-        unread = conn.their_state is not h11.DONE
-        declared = headers.get("content-length", "")
-        small = declared.isdigit() and int(declared) <= limit
+        # The whole body was read when the client is DONE, or MUST_CLOSE: it asked for
+        # ``Connection: close``, and there is nothing more to read.
+        unread = conn.their_state not in (h11.DONE, h11.MUST_CLOSE)
+        small = declared is not None and declared <= limit
         drain = unread and small and not conn.they_are_waiting_for_100_continue
         await self._respond(sock, conn, status, body, extra, close=unread and not drain)
+        if conn.our_state is not h11.DONE:
+            return False  # the connection ends with this answer (closed by _respond)
         if drain and not await self._discard_body(sock, conn, limit):
             return False
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        return conn.their_state is h11.DONE
 
     async def _discard_body(self, sock: socket.socket, conn: h11.Connection, limit: int) -> bool:
         """Read the rest of a request body that was already answered; True when it ended
@@ -308,7 +313,8 @@ class FrontDoor:
         except h11.LocalProtocolError:
             return
         await _send_all(sock, data)
-        if close:
+        if close or conn.our_state is h11.MUST_CLOSE:
+            # Also when h11 closes on its own: the client asked for ``Connection: close``.
             await _lingering_close(sock)
 
     async def _lc_error(self, sock: socket.socket, conn: h11.Connection, err: LivecommentsError) -> None:
@@ -464,6 +470,16 @@ class FrontDoor:
                 while not viewer.queue.empty:
                     await trio.lowlevel.wait_writable(sock)
                     viewer.queue.consume(sock.send(viewer.queue.peek()), trio.current_time())
+
+
+def _content_length(value: str | None) -> int | None:
+    """A declared body length (h11 has checked it is decimal digits); None if absent.
+    A length of more digits than any limit is held as too large without ``int()``,
+    which refuses strings of more than 4,300 digits."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    digits = value.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 async def _recv(sock: socket.socket) -> bytes:
