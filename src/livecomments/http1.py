@@ -23,12 +23,13 @@ class HeadLimitedConnection(h11.Connection):
         self.head_limit = max_incomplete_event_size
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        # Only a client in IDLE can send a head; ``trailing_data`` is the unparsed buffer,
-        # so what the Request event consumed is the difference.
+        # Only a client in IDLE can send a head; what the Request event consumed of the
+        # unparsed buffer is its size. (The buffer's length, not ``trailing_data``, which
+        # copies it: many small pipelined requests would make that quadratic.)
         idle = self.their_state is h11.IDLE
-        before = len(self.trailing_data[0]) if idle else 0
+        before = len(self._receive_buffer) if idle else 0
         event = super().next_event()
-        if idle and isinstance(event, h11.Request) and before - len(self.trailing_data[0]) > self.head_limit:
+        if idle and isinstance(event, h11.Request) and before - len(self._receive_buffer) > self.head_limit:
             # As h11 does for its own errors: the peer is in ERROR from now on, and an
             # error answer may still be sent (our side is in SEND_RESPONSE).
             self._process_error(self.their_role)

@@ -12,7 +12,6 @@ from livecomments.errors import BadRequest, NotFound
 from livecomments.ids import MAX_ID
 from livecomments.model import valid_video_id
 
-
 # Client input never reaches ``int()`` unchecked: it refuses strings of more than 4,300
 # digits with a ValueError (CPython's guard against quadratic conversion), which would
 # be a 500 or a dropped connection instead of the 400 the parameter deserves.
