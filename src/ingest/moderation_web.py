@@ -15,7 +15,7 @@ from ingest.moderation import (
     check_user_id,
 )
 from livecomments.auth import Identity
-from livecomments.errors import NotFound
+from livecomments.errors import NotFound, Unprocessable
 from livecomments.store.moderation import GLOBAL
 from livecomments.web import bearer, json_body, json_response, services
 from rms.params import check_video, parse_id, parse_int
@@ -23,6 +23,14 @@ from rms.params import check_video, parse_id, parse_int
 bp = Blueprint("moderation", __name__)
 
 LOG_LIMIT_MAX = 200
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _moderation() -> ModerationService:
@@ -42,6 +50,9 @@ def _user_in_path(user_id: str) -> str:
 async def _ban(scope: str, who: Identity) -> Response:
     mod = _moderation()
     user_id, mode, reason = check_ban_body(await json_body())
+    if reason is not None and not _encodable(reason):
+        # A lone surrogate (JSON "\ud800") cannot be stored: the store would fail with a 500.
+        raise Unprocessable("reason is not valid Unicode text", code="invalid_reason")
     ban = await mod.ban(scope, who, user_id, mode, reason)
     return json_response(ban.to_json(), 201)
 
@@ -96,7 +107,13 @@ async def put_settings(video_id: str) -> Response:
     who = bearer()
     ModerationService.require_video_moderator(video_id, who)
     mod = _moderation()
-    slow_mode_s = check_settings_body(await json_body())
+    body = await json_body()
+    value = body.get("slow_mode_s")
+    if isinstance(value, float) and value.is_integer():
+        # 60.0 is the JSON number 60 (JSON Schema's "integer" says so too); a whole
+        # number written with a fraction is not a reason to refuse it.
+        body["slow_mode_s"] = int(value)
+    slow_mode_s = check_settings_body(body)
     settings = await mod.set_settings(video_id, who, slow_mode_s)
     return json_response(settings.to_json())
 
