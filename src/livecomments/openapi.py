@@ -10,7 +10,6 @@ tests/e2e/test_openapi_exact.py holds them to the checks and to the running serv
 from __future__ import annotations
 
 import functools
-import re
 import sys
 import unicodedata
 from collections.abc import Callable
