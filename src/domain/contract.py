@@ -9,13 +9,15 @@ them (``body_schema``), so a limit such as a name's 40 characters is written onc
 
 Character rules ("printable", "no control or unassigned characters") are Python's
 ``unicodedata`` categories; the schema says the same thing as a character class built
-from this interpreter's Unicode tables (``_char_classes``), so what a schema-driven client
-generates is what the server accepts.
+from this interpreter's Unicode tables (``comment_text_pattern``, ``printable_pattern``),
+so what a schema-driven client generates is what the server accepts
+(tests/e2e/test_openapi_exact.py holds them to the checks, code point by code point).
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, cast
@@ -23,6 +25,7 @@ from typing import Any, ClassVar, cast
 import attrs
 
 from domain.errors import Unprocessable
+from domain.ids import MAX_ID
 from domain.model import VIDEO_ID_RE
 from domain.moderation import BAN_MODES, BanMode
 from domain.settings import Settings
@@ -36,7 +39,6 @@ REASON_MAX = 500
 SLOW_MODE_MAX_S = 3600
 LOG_PAGE_MAX = 200  # moderation-log entries per page
 VIDEO_ID_PATTERN = f"^{VIDEO_ID_RE.pattern}$"
-ID_PATTERN = "^[0-9]{1,19}$"
 
 # Format characters a comment may carry: joiners (emoji sequences, Indic scripts) and
 # the plain direction marks. Overrides and isolates (U+202A-202E, U+2066-2069), which can
@@ -52,15 +54,22 @@ def _text_char(ch: str) -> bool:
 # -- the rules ------------------------------------------------------------------------------
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+
 def clean_text(text: object, max_chars: int) -> str:
     """The comment text as stored: line ends as ``\\n``, NFC, trimmed; no control,
     private-use, unassigned or format characters (but joiners and direction marks)."""
     if not isinstance(text, str):
         raise Unprocessable("text must be a string", code="invalid_text")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise Unprocessable("text is not valid Unicode text", code="invalid_text") from None
+    if not _encodable(text):
+        raise Unprocessable("text is not valid Unicode text", code="invalid_text")
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
     if not text or not any(ch not in ALLOWED_FORMAT and not ch.isspace() for ch in text):
         raise Unprocessable("text is empty", code="empty_text")
@@ -93,74 +102,135 @@ def check_user_id(value: object, what: str = "user_id") -> str:
 
 
 # -- their schemas --------------------------------------------------------------------------
+#
+# Patterns are written in the subset of regular expressions that ECMA-262 (with the ``u``
+# flag, as JSON Schema 2020-12 reads them) and Python's ``re`` read alike: character
+# classes of ``\uXXXX`` escapes (code points above U+FFFF literally), ``{m,n}`` and
+# lookahead; ``$`` never meets a trailing newline that a pattern does not consume.
+# Building the classes walks Unicode once (about a second): ``transport.openapi`` builds
+# its document once, off the event loop.
+
+
+def _esc(cp: int) -> str:
+    return f"\\u{cp:04x}" if cp <= 0xFFFF else chr(cp)
+
+
+def _char_class(members: Callable[[str], bool], lo: int = 0, hi: int = sys.maxunicode) -> str:
+    """A character class of the code points (``lo``-``hi``) for which ``members`` holds."""
+    parts: list[str] = []
+    start = -1
+    for cp in range(lo, hi + 2):
+        inside = cp <= hi and members(chr(cp))
+        if inside and start < 0:
+            start = cp
+        elif not inside and start >= 0:
+            parts.append(_esc(start) if cp - 1 == start else f"{_esc(start)}-{_esc(cp - 1)}")
+            start = -1
+    return "[" + "".join(parts) + "]"
+
+
+def text_char_allowed(ch: str) -> bool:
+    """A character a comment may contain (``clean_text``'s rule) that NFC leaves one
+    character (the few it expands, never found in NFC text, are left out, so that the
+    length the pattern counts is the one checked)."""
+    if not _text_char(ch):
+        return False
+    return unicodedata.is_normalized("NFC", ch) or len(unicodedata.normalize("NFC", ch)) == 1
 
 
 @functools.cache
-def _char_classes() -> tuple[str, str, str, str]:
-    """Regex character classes of every code point that (text, visible text, printable,
-    visible printable) accept, as literal characters (the escapes for astral code points
-    differ between Python and ECMA-262; literal characters read the same in both). One
-    pass over Unicode, under a second: ``transport.openapi`` builds its document once,
-    off the event loop."""
-    parts: tuple[list[str], ...] = ([], [], [], [])
-    start: list[int | None] = [None, None, None, None]
+def space_class() -> str:
+    """What ``str.strip()`` removes (``str.isspace``)."""
+    return _char_class(str.isspace, 0, 0x3000)
 
-    def lit(cp: int) -> str:
-        ch = chr(cp)
-        return "\\" + ch if ch in "\\]^-[" else ch
 
-    category, control = unicodedata.category, ("Cc", "Cs", "Co", "Cn")
-    for cp in range(0x110001):
-        if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
-            flags: tuple[bool, ...] = (False, False, False, False)
-        else:
-            ch = chr(cp)
-            cat = category(ch)
-            text = not ((cat in control and ch not in "\n\t") or (cat == "Cf" and ch not in ALLOWED_FORMAT))
-            space = ch.isspace()
-            printable = ch.isprintable()
-            flags = (text, text and not space and ch not in ALLOWED_FORMAT, printable, printable and not space)
-        for i, ok in enumerate(flags):
-            s = start[i]
-            if ok and s is None:
-                start[i] = cp
-            elif not ok and s is not None:
-                parts[i].append(lit(s) if s == cp - 1 else f"{lit(s)}-{lit(cp - 1)}")
-                start[i] = None
-    text_c, visible_text_c, printable_c, visible_printable_c = ("[" + "".join(p) + "]" for p in parts)
-    return text_c, visible_text_c, printable_c, visible_printable_c
+@functools.cache
+def _blank_class() -> str:
+    """Spaces and the format characters a comment may carry: what an empty comment is."""
+    return _char_class(lambda ch: ch.isspace() or ch in ALLOWED_FORMAT, 0, 0x3000)
+
+
+@functools.cache
+def _text_class() -> str:
+    """What may stand between the ends of a comment (``\\r`` is a line end: see below)."""
+    return _char_class(lambda ch: ch != "\r" and text_char_allowed(ch))
+
+
+@functools.cache
+def _printable_class() -> str:
+    return _char_class(str.isprintable)
+
+
+@functools.cache
+def comment_text_pattern(max_text: int) -> str:
+    """``clean_text``: trimmed of spaces (``str.strip``), not empty (more than spaces and
+    format characters), at most ``max_text`` characters where a line end (CR LF, CR or
+    LF) counts one, none of them refused."""
+    space = space_class()
+    units = f"(?:\\r\\n|\\r(?!\\n)|{_text_class()})"
+    return f"^{space}*(?!{_blank_class()}*$){units}{{1,{max_text}}}{space}*$"
+
+
+@functools.cache
+def printable_pattern(max_len: int, *, trimmed: bool = False) -> str:
+    """1 to ``max_len`` printable characters (``str.isprintable``); ``trimmed``: counted
+    after ``str.strip()``, as guest names are."""
+    if not trimmed:
+        return f"^{_printable_class()}{{1,{max_len}}}$"
+    space = space_class()
+    return f"^{space}*(?!{space}*$){_printable_class()}{{1,{max_len}}}{space}*$"
+
+
+def decimal_at_most(n: int) -> str:
+    """A regex (no anchors) for 1 to len(str(n)) decimal digits whose value is at most
+    ``n`` (leading zeros allowed, as ``domain.params.parse_id`` takes them)."""
+    digits = str(n)
+    width = len(digits)
+    alternatives = [f"[0-9]{{1,{width - 1}}}"] if width > 1 else []
+    for i, d in enumerate(digits):
+        if d != "0":
+            rest = width - i - 1
+            alternatives.append(digits[:i] + (f"[0-{int(d) - 1}]" if d != "1" else "0") + (f"[0-9]{{{rest}}}" if rest else ""))
+    alternatives.append(digits)
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+def cursor_schema(*, blank_is_absent: bool) -> Schema:
+    """A cursor as ``parse_id`` reads it: surrounding spaces are trimmed."""
+    space = space_class()
+    core = f"{space}*{decimal_at_most(MAX_ID)}{space}*"
+    return {"type": "string", "pattern": f"^(?:{core})?$" if blank_is_absent else f"^{core}$"}
 
 
 def text_schema(s: Settings) -> Schema:
-    t, v, _, _ = _char_classes()
     return {
         "type": "string",
-        "minLength": 1,
-        "maxLength": s.max_text,
-        "pattern": f"^{t}*{v}{t}*$",
+        "pattern": comment_text_pattern(s.max_text),
         "description": (
-            f"at most {s.max_text} characters after trimming and NFC normalisation; at least one that is not "
-            "white space; no control (but newline and tab), private-use, unassigned or format characters "
-            "(but U+200C-200F)"
+            f"at most {s.max_text} characters once trimmed (a line end counts one); more than white space; "
+            "no control (but newline and tab), private-use, unassigned or format characters (but U+200C-200F)"
         ),
     }
 
 
 def client_id_schema(_s: Settings) -> Schema:
-    return {"type": "string", "minLength": 1, "maxLength": CLIENT_ID_MAX, "pattern": f"^{_char_classes()[2]}+$"}
+    return {
+        "type": "string",
+        "pattern": printable_pattern(CLIENT_ID_MAX),
+        "description": f"1-{CLIENT_ID_MAX} printable characters, echoed in the comment",
+    }
 
 
 def name_schema(_s: Settings) -> Schema:
-    _, _, p, v = _char_classes()
     return {
         "type": "string",
-        "pattern": f"^\\s*{v}({p}{{0,{NAME_MAX - 2}}}{v})?\\s*$",
-        "description": f"1-{NAME_MAX} printable characters once trimmed",
+        "pattern": printable_pattern(NAME_MAX, trimmed=True),
+        "description": f"1-{NAME_MAX} printable characters once surrounding spaces are trimmed",
     }
 
 
 def user_id_schema(_s: Settings) -> Schema:
-    return {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX, "pattern": f"^{_char_classes()[2]}+$"}
+    return {"type": "string", "pattern": printable_pattern(USER_ID_MAX), "description": f"1-{USER_ID_MAX} printable characters"}
 
 
 # -- request bodies -------------------------------------------------------------------------
@@ -223,7 +293,15 @@ class BanRequest(Body):
     user_id: str = attrs.field(metadata=prop(user_id_schema))
     mode: BanMode = attrs.field(metadata=prop(lambda _s: {"enum": list(BAN_MODES)}))
     reason: str | None = attrs.field(
-        default=None, metadata=prop(lambda _s: {"type": "string", "maxLength": REASON_MAX})
+        default=None,
+        metadata=prop(
+            lambda _s: {
+                "type": ["string", "null"],
+                "maxLength": REASON_MAX,
+                "pattern": "^[^\\ud800-\\udfff]*$",
+                "description": f"at most {REASON_MAX} characters (no lone surrogate)",
+            }
+        ),
     )
 
     @classmethod
@@ -235,6 +313,9 @@ class BanRequest(Body):
         reason = body.get("reason")
         if reason is not None and (not isinstance(reason, str) or len(reason) > REASON_MAX):
             raise Unprocessable(f"reason must be a string of at most {REASON_MAX} characters", code="invalid_reason")
+        if isinstance(reason, str) and not _encodable(reason):
+            # A lone surrogate (JSON "\ud800") cannot be stored (the store would fail).
+            raise Unprocessable("reason is not valid Unicode text", code="invalid_reason")
         return cls(user_id, cast(BanMode, mode), (reason.strip() or None) if isinstance(reason, str) else None)
 
 
@@ -250,6 +331,9 @@ class SettingsRequest(Body):
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> SettingsRequest:
         value = body.get("slow_mode_s")
+        if isinstance(value, float) and value.is_integer():
+            # 60.0 is the JSON number 60 (JSON Schema's "integer" says so too).
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SLOW_MODE_MAX_S:
             raise Unprocessable(
                 f"slow_mode_s must be a whole number of seconds from 0 to {SLOW_MODE_MAX_S}", code="invalid_settings"

@@ -47,19 +47,19 @@ from domain.errors import BadRequest, LivecommentsError, PayloadTooLarge
 from domain.identity import TokenIssuer
 from domain.ids import MAX_ID
 from domain.metrics import Metrics
-from domain.params import parse_id, stream_params
+from domain.params import content_length, parse_id, stream_params
 from domain.settings import Settings
-from ingest.posting import PostPipeline
+from ingest.posting import PostPipeline, parse_json
 from policy.rate import Rate, RateGate
 from rms.frames import Encoding, chunk, control, join
 from rms.room import Room, Rooms
 from rms.viewer import DRAIN_PAUSE_S, SocketViewer
+from transport.http1 import HEAD_LIMIT, HeadLimitedConnection
 
 log = logging.getLogger("livecomments.frontdoor")
 
 STREAM_PATH = re.compile(r"^/v1/videos/([^/]*)/(events|ws)$")
 POST_PATH = re.compile(r"^/v1/videos/([^/]*)/comments$")
-HEAD_LIMIT = 16 * 1024  # bytes of request head we accept before answering 431
 WS_MESSAGE_LIMIT = 4096  # bytes (UTF-8) of one client message, its fragments together; past it: close 1009
 WS_MAX_FRAGMENTS = 64  # frames of one client message; past it: close 1008 (an empty frame costs work too)
 WS_EVENTS_PER_ROUND = 64  # client frames handled before the reader yields and waits for its answers to drain
@@ -197,7 +197,7 @@ class FrontDoor:
         its head be complete within ``head_timeout_s`` of its first byte (as on the
         connections Hypercorn serves, see ``transport.handoff``)."""
         s = self.settings
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        conn = HeadLimitedConnection(HEAD_LIMIT)  # 431 for a head over the limit, however it arrives
         first = True
         while True:
             raw = bytearray(conn.trailing_data[0])  # this request's bytes, from its start
@@ -216,14 +216,12 @@ class FrontDoor:
                     try:
                         event = conn.next_event()
                     except h11.RemoteProtocolError as e:
-                        await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
+                        if e.error_status_hint == 431:
+                            await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
+                        else:
+                            await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
                         return None
                     if event is h11.NEED_DATA:
-                        if len(raw) > HEAD_LIMIT:
-                            # Still no whole head after the limit (h11 checks only heads that
-                            # arrive in several reads, so say it here for every case).
-                            await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
-                            return None
                         data = await _recv(sock)
                         if not data:
                             return None
@@ -235,7 +233,11 @@ class FrontDoor:
                         return None
             if request is None:
                 return None
-            split = urlsplit(request.target.decode("latin-1"))
+            try:
+                split = urlsplit(request.target.decode("latin-1"))
+            except ValueError:  # e.g. "//[x": a netloc that is not a valid IPv6 address
+                await self._simple_error(sock, conn, 400, "bad_request", "the request target is not a valid URL")
+                return None
             lean = request.http_version == b"1.1" and not self.draining
             m = STREAM_PATH.match(split.path)
             if m and request.method == b"GET" and lean and self.rooms is not None:
@@ -265,9 +267,10 @@ class FrontDoor:
         headers = {k.lower().decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
         ctype = headers.get("content-type")
         status, body, extra = 201, b"", [(b"content-type", b"application/json")]
+        declared = content_length(headers.get("content-length"))
         try:
             # 404, 401 and a declared 413 before reading the body, as the Quart route.
-            who = self.pipeline.authenticate(video_id, headers.get("authorization"), headers.get("content-length"))
+            who = self.pipeline.authenticate(video_id, headers.get("authorization"), declared)
             if conn.they_are_waiting_for_100_continue:
                 await _send_all(sock, conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
             data = await self._read_body(sock, conn, limit)
@@ -285,14 +288,17 @@ class FrontDoor:
         # is read and dropped after the answer, so the connection can carry the next
         # request. A client waiting for ``100 Continue`` will not send it, and a body over
         # the limit (or of unknown length) is not worth reading: those connections close.
-        unread = conn.their_state is not h11.DONE
-        declared = headers.get("content-length", "")
-        small = declared.isdigit() and int(declared) <= limit
+        # The whole body was read when the client is DONE, or MUST_CLOSE: it asked for
+        # ``Connection: close``, and there is nothing more to read.
+        unread = conn.their_state not in (h11.DONE, h11.MUST_CLOSE)
+        small = declared is not None and declared <= limit
         drain = unread and small and not conn.they_are_waiting_for_100_continue
         await self._respond(sock, conn, status, body, extra, close=unread and not drain)
+        if conn.our_state is not h11.DONE:
+            return False  # the connection ends with this answer (closed by _respond)
         if drain and not await self._discard_body(sock, conn, limit):
             return False
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+        return conn.their_state is h11.DONE
 
     async def _discard_body(self, sock: socket.socket, conn: h11.Connection, limit: int) -> bool:
         """Read the rest of a request body that was already answered; True when it ended
@@ -360,7 +366,8 @@ class FrontDoor:
         except h11.LocalProtocolError:
             return
         await _send_all(sock, data)
-        if close:
+        if close or conn.our_state is h11.MUST_CLOSE:
+            # Also when h11 closes on its own: the client asked for ``Connection: close``.
             await _lingering_close(sock)
 
     async def _lc_error(self, sock: socket.socket, conn: h11.Connection, err: LivecommentsError) -> None:
@@ -491,9 +498,9 @@ class FrontDoor:
         """One whole client message: a resume is checked, rate-limited and left for the
         end of the round; anything else is answered with an ``error`` message."""
         try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
-            client.error("invalid_json", "messages are JSON objects", now)
+            msg = parse_json(text, "the message")  # the one JSON reader: depth-limited
+        except LivecommentsError as e:
+            client.error(e.code, e.detail, now)
             return
         if not isinstance(msg, dict) or msg.get("type") != "resume":
             client.error("bad_request", 'unknown message: send {"type": "resume", "after": "<id>"}', now)

@@ -45,14 +45,17 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import h11
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
 from domain.settings import Settings
+from transport.http1 import HEAD_LIMIT, HeadLimitedConnection
 
 log = logging.getLogger("transport.handoff")
 
@@ -248,8 +251,27 @@ def hypercorn_config(settings: Settings) -> Config:
     # stream enforces IDLE_TIMEOUT_S instead. Set to the same value all the same.
     config.keep_alive_timeout = settings.idle_timeout_s
     config.graceful_timeout = 5
-    config.h11_max_incomplete_size = 16 * 1024
+    config.h11_max_incomplete_size = HEAD_LIMIT
     return config
+
+
+class HeadLimitedTCPServer(TCPServer):
+    """Hypercorn's per-connection server, with the request-head limit on every head.
+
+    Hypercorn parses HTTP/1.1 with h11, whose head limit (``h11_max_incomplete_size``)
+    holds only for a head that arrives in pieces: a larger head in one read would be
+    served. ``run`` builds the protocol and then reads; ``_read_data`` is where reading
+    starts, so the parser is swapped there for ``HeadLimitedConnection``, while it has
+    seen nothing yet, and a head over ``HEAD_LIMIT`` gets 431 on a kept-alive connection
+    too."""
+
+    async def _read_data(self) -> None:
+        protocol = self.protocol.protocol
+        if isinstance(protocol, H11Protocol) and isinstance(protocol.connection, h11.Connection):
+            fresh = protocol.connection
+            if fresh.their_state is h11.IDLE and not fresh.trailing_data[0]:
+                protocol.connection = HeadLimitedConnection(self.config.h11_max_incomplete_size)
+        await super()._read_data()
 
 
 class AsgiHandoff:
@@ -273,7 +295,7 @@ class AsgiHandoff:
     async def __call__(self, sock: socket.socket, prefix: bytes) -> None:
         stream = GuardedStream(trio.socket.from_stdlib_socket(sock), prefix, self.settings)
         try:
-            server = TCPServer(_Tracked(self.app, stream), self.config, self.context, self.state, stream)  # type: ignore[arg-type]
+            server = HeadLimitedTCPServer(_Tracked(self.app, stream), self.config, self.context, self.state, stream)  # type: ignore[arg-type]
             await server.run()
         finally:
             await stream.aclose()

@@ -12,7 +12,6 @@ from typing import Any
 
 from domain.contract import (
     BODIES,
-    ID_PATTERN,
     LOG_PAGE_MAX,
     SLOW_MODE_MAX_S,
     VIDEO_ID_PATTERN,
@@ -20,8 +19,11 @@ from domain.contract import (
     GuestSignIn,
     PostComment,
     SettingsRequest,
+    cursor_schema,
+    decimal_at_most,
     user_id_schema,
 )
+from domain.ids import MAX_ID
 from domain.settings import Settings
 
 _ERR = {"$ref": "#/components/schemas/Error"}
@@ -51,11 +53,15 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 VIDEO = {"name": "video_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": VIDEO_ID_PATTERN}}
-ID = {"type": "string", "pattern": ID_PATTERN}
+ID = {"type": "string", "pattern": f"^{decimal_at_most(MAX_ID)}$", "description": "a 63-bit id, decimal digits"}
 
 
-def _body(cls: type[Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{cls.NAME}"}}}}
+def _body(cls: type[Any], s: Settings) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": f"At most {s.max_body} bytes (LIVECOMMENTS_MAX_BODY), else 413.",
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{cls.NAME}"}}},
+    }
 
 
 def _q(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
@@ -101,7 +107,7 @@ def openapi(s: Settings) -> dict[str, Any]:
             "/v1/auth/guest": {
                 "post": {
                     "summary": "Sign in as a guest (limited per client address)",
-                    "requestBody": _body(GuestSignIn),
+                    "requestBody": _body(GuestSignIn, s),
                     "responses": {
                         "201": _resp("A token", {"type": "object", "required": ["token", "user_id"], "properties": {"token": {"type": "string"}, "user_id": {"type": "string"}, "name": {"type": "string"}}}),
                         **_errors(400, 404, 413, 415, 422, 429),
@@ -113,15 +119,15 @@ def openapi(s: Settings) -> dict[str, Any]:
                 "post": {
                     "summary": "Post a comment",
                     "security": bearer,
-                    "requestBody": _body(PostComment),
+                    "requestBody": _body(PostComment, s),
                     "responses": {"201": _resp("The stored comment", {"$ref": "#/components/schemas/Comment"}), **_errors(400, 401, 403, 404, 413, 415, 422, 429, 503)},
                 },
                 "get": {
                     "summary": "History (newest first, ?before=&limit=) or long-poll (?after=&wait=)",
                     "parameters": [
-                        _q("before", ID, "history: comments older than this id"),
+                        _q("before", cursor_schema(blank_is_absent=True), "history: comments older than this id"),
                         _q("limit", {"type": "integer", "minimum": 1, "maximum": s.history_max}, "history page size"),
-                        _q("after", ID, "long-poll: comments newer than this id"),
+                        _q("after", cursor_schema(blank_is_absent=False), "long-poll: comments newer than this id"),
                         _q("wait", {"type": "number", "minimum": 0, "maximum": s.longpoll_max_s}, "long-poll: seconds to hold"),
                         _q("token", {"type": "string"}, "see your own shadowed comments"),
                     ],
@@ -132,11 +138,11 @@ def openapi(s: Settings) -> dict[str, Any]:
                 },
             },
             "/v1/videos/{video_id}/comments/{comment_id}": {
-                "parameters": [VIDEO, {"name": "comment_id", "in": "path", "required": True, "schema": ID}],
+                "parameters": [VIDEO, {"name": "comment_id", "in": "path", "required": True, "schema": cursor_schema(blank_is_absent=False)}],
                 "delete": {"summary": "Delete (author, streamer, moderator)", "security": bearer, "responses": {"204": _resp("Removed everywhere"), **_errors(400, 401, 403, 404, 503)}},
             },
             "/v1/videos/{video_id}/comments/{comment_id}/reactions": {
-                "parameters": [VIDEO, {"name": "comment_id", "in": "path", "required": True, "schema": ID}],
+                "parameters": [VIDEO, {"name": "comment_id", "in": "path", "required": True, "schema": cursor_schema(blank_is_absent=False)}],
                 "post": {"summary": "React to a comment (sampling prefers comments with reactions)", "security": bearer, "responses": {"202": _resp("Counted", {"type": "object"}), **_errors(400, 401, 403, 404, 429, 503)}},
             },
             "/v1/videos/{video_id}/events": {
@@ -145,7 +151,7 @@ def openapi(s: Settings) -> dict[str, Any]:
                     "summary": "Server-Sent Events: comment, remove, mode, gap, goaway, reset",
                     "parameters": [
                         _q("backlog", {"type": "integer", "minimum": 0, "maximum": s.backlog_max}, "recent comments on connect"),
-                        _q("last_event_id", ID, "replay after this id (or the Last-Event-ID header)"),
+                        _q("last_event_id", cursor_schema(blank_is_absent=True), "replay after this id (or the Last-Event-ID header)"),
                         _q("token", {"type": "string"}, "identify the watcher"),
                         _q("shard", {"type": "integer", "minimum": 0, "maximum": s.spread_max_shards - 1}, "the shard of a spread video to watch through (see /spread; default 0)"),
                     ],
@@ -220,7 +226,7 @@ def moderation_paths(s: Settings) -> dict[str, Any]:
     user = {"name": "user_id", "in": "path", "required": True, "schema": user_id_schema(s)}
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     ban = {"$ref": "#/components/schemas/Ban"}
-    ban_body = _body(BanRequest)
+    ban_body = _body(BanRequest, s)
     bans = _resp("Active bans", {"type": "object", "required": ["bans"], "properties": {"bans": {"type": "array", "items": ban}}})
     log_page = _resp(
         "Log entries, newest first",
@@ -231,7 +237,7 @@ def moderation_paths(s: Settings) -> dict[str, Any]:
         },
     )
     log_params = [
-        _q("before", ID, "entries older than this entry id"),
+        _q("before", cursor_schema(blank_is_absent=True), "entries older than this entry id"),
         _q("limit", {"type": "integer", "minimum": 1, "maximum": LOG_PAGE_MAX}, "page size (default 50)"),
     ]
     settings = {"$ref": "#/components/schemas/VideoSettings"}
@@ -269,7 +275,7 @@ def moderation_paths(s: Settings) -> dict[str, Any]:
             "put": {
                 "summary": "Set slow mode (streamer, moderator): one comment per N seconds per user, 0 turns it off; the streamer and moderators are exempt",
                 "security": bearer,
-                "requestBody": _body(SettingsRequest),
+                "requestBody": _body(SettingsRequest, s),
                 "responses": {"200": _resp("The new settings", settings), **_errors(400, 401, 403, 404, 413, 415, 422, 503)},
             },
         },

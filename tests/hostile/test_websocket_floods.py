@@ -286,14 +286,14 @@ async def test_a_handshake_whose_key_is_not_16_bytes_of_base64_gets_400(
     ["[" * 2000 + "]" * 2000, '{"a":' * 100 + "[" * 1500 + "]" * 1500 + "}" * 100, "not json"],
     ids=["arrays", "objects-and-arrays", "not-json"],
 )
-async def test_json_nested_too_deep_gets_invalid_json_and_the_connection_stays(
+async def test_json_nested_too_deep_gets_malformed_json_and_the_connection_stays(
     server: ServerProcess, http: httpx.AsyncClient, video: str, message: str
 ) -> None:
     assert len(message.encode()) <= 4096
     async with open_ws(server, ws_path(video)) as w:
         await w.ws.send_message(message)
         err = await w.wait_type("error")
-        assert err["error"] == "invalid_json", err
+        assert err["error"] == "malformed_json", err
         assert set(err) == {"type", "error", "detail"} and err["detail"]
         posted = await post(http, server, video, "still here")
         await w.wait_for(lambda: posted["id"] in w.comment_ids(), "a live comment after the bad message")
