@@ -3,8 +3,8 @@ declares valid is accepted (2xx), and its character rules are the checks' own, c
 point by code point.
 
 The patterns in ``/openapi.json`` are computed from the predicates the checks use
-(``livecomments.openapi``); here they are held to the checks themselves
-(``ingest.service.clean_text``, ``clean_client_id``, ``ingest.moderation.check_user_id``)
+(``transport.openapi``); here they are held to the checks themselves
+(``ingest.service.clean_text``, ``clean_client_id``, ``ingest.moderation.bans.check_user_id``)
 and to a running server, with bodies generated from the served description, both by
 Hypothesis from the patterns and by Schemathesis (which once found the description
 looser than the server: "mostly rejected generated data due to validation errors").

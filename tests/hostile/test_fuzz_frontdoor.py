@@ -26,10 +26,10 @@ import pytest
 import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from livecomments.http1 import HEAD_LIMIT
 
 from tests.e2e.helpers import fresh_user, raw_connect, send_all
 from tests.support.server import ServerProcess
+from transport.http1 import HEAD_LIMIT
 
 EXCHANGE_S = 20.0  # generous: only detects a hang (the server's own timeouts are 10 s and 30 s)
 RSS_GROWTH_MAX = 256 * 1024 * 1024  # what the fuzz may add to the server's resident memory

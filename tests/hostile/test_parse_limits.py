@@ -11,11 +11,11 @@ import re
 import httpx
 import pytest
 import trio
-from livecomments.http1 import HEAD_LIMIT
 
 from tests.e2e.helpers import fresh_user, raw_connect, send_all
 from tests.e2e.sse import WAIT_S
 from tests.support.server import ServerProcess
+from transport.http1 import HEAD_LIMIT
 
 Response = tuple[int, str, bytes]  # status, head, body
 
