@@ -215,7 +215,7 @@ def text_schema(s: Settings) -> Schema:
 
 def client_id_schema(_s: Settings) -> Schema:
     return {
-        "type": "string",
+        "type": ["string", "null"],
         "pattern": printable_pattern(CLIENT_ID_MAX),
         "description": f"1-{CLIENT_ID_MAX} printable characters, echoed in the comment",
     }

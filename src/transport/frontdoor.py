@@ -219,7 +219,11 @@ class FrontDoor:
                         if e.error_status_hint == 431:
                             await self._simple_error(sock, conn, 431, "head_too_large", "the request head is too large")
                         else:
-                            await self._simple_error(sock, conn, e.error_status_hint, "bad_request", str(e))
+                            # 400 for every framing error, as Hypercorn answers on the
+                            # connections it serves (h11 hints 501 for a transfer coding
+                            # it does not take, e.g. two Transfer-Encoding headers: a
+                            # request we will not serve, not a failure of ours).
+                            await self._simple_error(sock, conn, 400, "bad_request", str(e))
                         return None
                     if event is h11.NEED_DATA:
                         data = await _recv(sock)

@@ -62,6 +62,10 @@ log = logging.getLogger("transport.handoff")
 # The key of the connection's GuardedStream in an ASGI scope's "extensions".
 TRANSPORT = "livecomments.transport"
 RECV = 65536
+# A client may half-close after its request: its EOF is kept from Hypercorn (which would
+# cancel the app) until the answer is out, for at most this long (a closed event stream
+# still stops counting as a viewer within the contract's 5 s).
+EOF_HOLD_S = 2.0
 # SO_LINGER on, 0 s: close() sends a reset and drops the unsent bytes.
 LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -91,6 +95,8 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         self._read_scope: trio.CancelScope | None = None
         self._early = False  # bytes of a next request arrived while the app answered
         self._request = 0  # the app's current request (an older one's end must not count)
+        self._unanswered = bool(prefix)  # request bytes came in since the last answer
+        self._answer_out = trio.Event()  # set (and replaced) when an answer ends
         # Called when a write is given up as stuck (the ASGI event stream counts its viewer).
         self.on_stuck: Callable[[], None] | None = None
 
@@ -128,6 +134,9 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         """The app sent the response's last byte (or ended)."""
         if request != self._request or self._phase in (Phase.HEAD, Phase.IDLE):
             return
+        self._answer_out.set()
+        self._answer_out = trio.Event()
+        self._unanswered = self._early
         if self._early:
             self._enter(Phase.HEAD, self._settings.head_timeout_s)  # a next head has begun
         else:
@@ -151,7 +160,13 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         if scope.cancelled_caught:
             log.debug("closing a connection: %s timeout", self._phase.value)
             raise trio.BrokenResourceError(f"{self._phase.value} timeout")
+        if not data and (self._phase in (Phase.BODY, Phase.ANSWER) or (self._phase is Phase.HEAD and self._unanswered)):
+            # Half-closed after a request: its answer first (see EOF_HOLD_S).
+            with trio.move_on_after(EOF_HOLD_S):
+                await self._answer_out.wait()
+            return data
         if data:
+            self._unanswered = True
             if self._phase is Phase.IDLE:
                 self._enter(Phase.HEAD, self._settings.head_timeout_s)
             elif self._phase is Phase.ANSWER:

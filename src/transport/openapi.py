@@ -4,7 +4,8 @@ The request bodies' schemas are generated from ``domain.contract`` (the classes 
 routes parse bodies with), and every limit comes from where it is enforced (settings,
 ``domain.contract``); the paths and the responses are written here, beside the routes
 they describe (tests/e2e/test_ops.py compares them with the app's routes, both ways, and
-tests/hostile/test_openapi_bodies.py posts bodies generated from the schemas)."""
+tests/e2e/test_openapi_exact.py holds the patterns to the checks and posts bodies generated
+from the served document)."""
 
 from __future__ import annotations
 

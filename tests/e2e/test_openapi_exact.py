@@ -127,6 +127,9 @@ def served(open_server: ServerProcess) -> dict[str, Any]:
 
 def body_schema(doc: dict[str, Any], path: str, method: str) -> dict[str, Any]:
     schema: dict[str, Any] = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+    ref = schema.get("$ref")
+    if ref is not None:  # "#/components/schemas/Name"
+        schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
     return schema
 
 

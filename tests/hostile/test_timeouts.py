@@ -7,6 +7,7 @@ first request there)."""
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Callable
 
 import h11
@@ -235,3 +236,20 @@ async def viewers_are(c: httpx.AsyncClient, video: str, n: int) -> bool:
 async def stuck_disconnects(c: httpx.AsyncClient) -> bool:
     return await metric(c, "livecomments_stuck_disconnects_total") >= 1
 
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_its_answer(server: ServerProcess) -> None:
+    """On the Hypercorn path, EOF right after a whole request must not cancel the answer
+    (Hypercorn takes EOF for a client gone and would drop the response): the hand-off
+    keeps the EOF back until the answer is out. Several rounds: the race is tight."""
+    for n in (0, 100, 4000, 0, 100, 4000):
+        sock = await raw_connect(server.port)
+        with sock:
+            await send_all(
+                sock,
+                b"POST /v1/videos/a/b/comments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (n, b"x" * n),
+            )
+            sock.shutdown(socket.SHUT_WR)
+            answer = await closed_by_server(sock)
+        assert answer.startswith(b"HTTP/1.1 404 "), (n, answer[:200])
