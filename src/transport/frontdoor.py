@@ -54,7 +54,7 @@ from policy.rate import Rate, RateGate
 from rms.frames import Encoding, chunk, control, join
 from rms.room import Room, Rooms
 from rms.viewer import DRAIN_PAUSE_S, SocketViewer
-from transport.http1 import HEAD_LIMIT, HeadLimitedConnection
+from transport.http1 import HEAD_LIMIT, LINGER_BYTES, LINGER_S, HeadLimitedConnection
 
 log = logging.getLogger("livecomments.frontdoor")
 
@@ -64,8 +64,6 @@ WS_MESSAGE_LIMIT = 4096  # bytes (UTF-8) of one client message, its fragments to
 WS_MAX_FRAGMENTS = 64  # frames of one client message; past it: close 1008 (an empty frame costs work too)
 WS_EVENTS_PER_ROUND = 64  # client frames handled before the reader yields and waits for its answers to drain
 WS_VERSION = b"13"
-LINGER_S = 2.0  # after an answer with Connection: close, read what is in flight this long
-LINGER_BYTES = 1024 * 1024  # ... and at most this much
 RECV = 65536
 ACCEPT_BURST = 512  # connections taken from the backlog before yielding to the loop
 ACCEPT_PAUSE_S = 0.1

@@ -55,7 +55,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
 from domain.settings import Settings
-from transport.http1 import HEAD_LIMIT, HeadLimitedConnection
+from transport.http1 import HEAD_LIMIT, LINGER_BYTES, LINGER_S, HeadLimitedConnection
 
 log = logging.getLogger("transport.handoff")
 
@@ -86,8 +86,9 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         # ProxyFixMiddleware does, behind PROXY_HOPS): a connection has one stream.
         return self
 
-    def __init__(self, sock: trio.socket.SocketType, prefix: bytes, settings: Settings) -> None:
-        self._sock = sock
+    def __init__(self, raw: socket.socket, prefix: bytes, settings: Settings) -> None:
+        self._raw = raw  # the same socket, for a non-blocking peek
+        self._sock = trio.socket.from_stdlib_socket(raw)
         self._prefix = prefix
         self._settings = settings
         self._phase = Phase.HEAD  # the first request: its head is in prefix, or due
@@ -215,8 +216,36 @@ class GuardedStream(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError from e
 
     async def aclose(self) -> None:
-        self._sock.close()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        """Close; when the client's bytes are still unread (a body refused with 413, a
+        request after a ``Connection: close`` answer), a lingering close first (see
+        ``transport.http1.LINGER_S``): a reset could destroy the answer just sent."""
+        with trio.CancelScope(shield=True):
+            if self._sock.fileno() != -1 and self._unread():
+                try:
+                    self._sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                else:
+                    left = LINGER_BYTES
+                    with trio.move_on_after(LINGER_S):
+                        while left > 0:
+                            try:
+                                data = await self._sock.recv(RECV)
+                            except OSError:
+                                break
+                            if not data:
+                                break
+                            left -= len(data)
+            self._sock.close()
+            await trio.lowlevel.checkpoint()
+
+    def _unread(self) -> bool:
+        try:
+            return bool(self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
 
 
 class _Tracked:
@@ -308,7 +337,7 @@ class AsgiHandoff:
         await self.context.terminated.set()
 
     async def __call__(self, sock: socket.socket, prefix: bytes) -> None:
-        stream = GuardedStream(trio.socket.from_stdlib_socket(sock), prefix, self.settings)
+        stream = GuardedStream(sock, prefix, self.settings)
         try:
             server = HeadLimitedTCPServer(_Tracked(self.app, stream), self.config, self.context, self.state, stream)  # type: ignore[arg-type]
             await server.run()

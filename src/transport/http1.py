@@ -12,6 +12,12 @@ from __future__ import annotations
 import h11
 
 HEAD_LIMIT = 16 * 1024  # bytes of request head we accept (request line, headers, blank line)
+# Closing with bytes of the client's still unread makes the kernel send a reset, which can
+# destroy the answer just sent before the client reads it. So a server that closes first
+# half-closes, then reads and drops what the client still sends, this long and this much
+# at most (nginx's lingering_close does the same).
+LINGER_S = 2.0
+LINGER_BYTES = 1024 * 1024
 
 
 class HeadLimitedConnection(h11.Connection):
