@@ -169,16 +169,24 @@ class Room:
     async def replay_from_store(self, after_id: int, user_id: str | None) -> list[Entry] | None:
         """Replay older than the ring from the store; None when more than ``replay_max``."""
         limit = self.settings.replay_max
+        newest = self.ring.newest_id
         comments = await self.store.after(self.video_id, after_id, limit + 1, user_id)
         if len(comments) > limit:
             return None
-        entries = []
+        entries: list[Entry] = []
         for c in comments:
             if c.id in self.pending_ids:
-                break  # the flush brings these and everything after them
+                return entries  # the flush brings these and everything after them
             held = self.ring.get(c.id)
             entries.append(held if held is not None else Entry(c))
-        return entries
+        # What arrived while the store was read (and may be flushed already) is in the
+        # ring, not in the store's answer; if the ring lost some of it meanwhile: reset.
+        last = entries[-1].id if entries else after_id
+        if self.ring.evicted_max > max(last, newest if newest is not None else -1):
+            return None
+        return entries + [
+            e for e in self.ring if e.id > last and e.id not in self.pending_ids and e.comment.visible_to(user_id)
+        ]
 
     async def catch_up(self, after_id: int | None, backlog: int, user_id: str | None) -> tuple[bool, list[Entry]]:
         """What a viewer gets on connect: (reset?, entries oldest first)."""
@@ -341,7 +349,7 @@ class Room:
             now = trio.current_time()
             if self.closed:
                 return  # evicted
-            if not self.viewers and now - self._last_used >= s.room_linger_s and not self.pending:
+            if not self.viewers and now >= self._last_used + s.room_linger_s and not self.pending:
                 return
             if not (self.pending or self.pending_removals):
                 deadline = min(next_heartbeat, self._last_used + s.room_linger_s if not self.viewers else next_heartbeat)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,9 +21,48 @@ pacers = st.builds(
 starts = st.floats(0.0, 2e5, allow_nan=False)
 
 
-def test_defaults() -> None:
-    p = FlushPacer()
-    assert (p.rate, p.burst, p.cost_factor) == (20.0, 4, 1.0)
+def flush_on_demand(p: FlushPacer, start: float, gaps: list[float]) -> list[float]:
+    """A comment arrives ``gap`` seconds after each flush; each flush runs as soon as the
+    pacer allows (at zero cost). Returns the flush times."""
+    now, times = start, []
+    for gap in gaps:
+        now = max(now + gap, p.ready_at(now + gap))
+        times.append(now)
+        p.flushed(now)
+    return times
+
+
+@settings(max_examples=100, deadline=None)
+@given(pacers, starts, st.lists(st.floats(0.0, 3.0), max_size=20))
+def test_after_a_quiet_spell_a_whole_burst_is_immediate_again(p: FlushPacer, start: float, gaps: list[float]) -> None:
+    """Whatever came before, a room that has not flushed for ``burst / rate`` seconds
+    flushes ``burst`` times at once, and the next one waits."""
+    times = flush_on_demand(p, start, gaps)
+    quiet = (times[-1] if times else start) + p.burst / p.rate
+    for _ in range(p.burst):
+        assert p.ready_at(quiet) == quiet
+        p.flushed(quiet)
+    assert p.ready_at(quiet) > quiet
+
+
+@settings(max_examples=100, deadline=None)
+@given(pacers, starts, st.integers(1, 40))
+def test_a_busy_room_flushes_once_per_interval_after_its_burst(p: FlushPacer, start: float, n: int) -> None:
+    """Comments all the time: the burst at once, then exactly one flush per ``1 / rate``."""
+    times = flush_on_demand(p, start, [0.0] * (p.burst + n))
+    assert times[: p.burst] == [start] * p.burst
+    for a, b in itertools.pairwise(times[p.burst - 1 :]):
+        assert b - a == pytest.approx(1.0 / p.rate, rel=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pacers, starts, st.lists(st.floats(0.0, 1.0), min_size=1, max_size=50))
+def test_no_span_holds_more_than_the_burst_plus_the_rate(p: FlushPacer, start: float, gaps: list[float]) -> None:
+    """Any pattern of arrivals: between any two flushes, at most ``burst + rate * span`` flushes."""
+    times = flush_on_demand(p, start, gaps)
+    for i, a in enumerate(times):
+        for j in range(i, len(times)):
+            assert j - i + 1 <= p.burst + (times[j] - a) * p.rate + 1e-6, (i, j)
 
 
 def test_a_fresh_pacer_flushes_at_once() -> None:

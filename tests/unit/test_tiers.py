@@ -11,9 +11,53 @@ from backpressure.tiers import MODES, Thresholds, TierController, target
 T = Thresholds(sampled_at=50, sampled_below=40, cdn_at=100, cdn_below=80, min_dwell_s=10)
 
 
-def test_defaults_are_the_seeds_numbers() -> None:
-    t = Thresholds()
-    assert (t.sampled_at, t.sampled_below, t.cdn_at, t.cdn_below) == (50_000, 40_000, 100_000, 80_000)
+RANK = {"push": 0, "sampled": 1, "cdn": 2}
+
+
+@st.composite
+def thresholds(draw: st.DrawFn) -> Thresholds:
+    """Any valid thresholds: each *_below at most its *_at, cdn's at least sampled's."""
+    sampled_below = draw(st.integers(1, 60))
+    sampled_at = draw(st.integers(sampled_below, 90))
+    cdn_below = draw(st.integers(sampled_below, 120))
+    cdn_at = draw(st.integers(max(sampled_at, cdn_below), 150))
+    dwell = draw(st.sampled_from([0.0, 1.0, 10.0]))
+    return Thresholds(sampled_at, sampled_below, cdn_at, cdn_below, dwell)
+
+
+@settings(max_examples=300)
+@given(thresholds(), st.lists(st.tuples(st.sampled_from([0.0, 0.5, 1.0, 4.0, 12.0]), st.integers(0, 160)), max_size=60))
+def test_up_at_the_at_thresholds_down_only_below_the_below_ones(t: Thresholds, steps: list[tuple[float, int]]) -> None:
+    """Every change is justified by the count (up at ``*_at``, down only below ``*_below``),
+    none comes within ``min_dwell_s`` of the last, and once the dwell is over the mode is
+    never one the count rules out."""
+    c = TierController(t)
+    now, last_change = 0.0, float("-inf")
+    for dt, viewers in steps:
+        now += dt
+        before = c.mode
+        change = c.observe(viewers, now)
+        if change is None:
+            assert c.mode == before
+        else:
+            assert c.mode == change != before
+            assert now - last_change >= t.min_dwell_s, "two changes within the dwell time"
+            last_change = now
+            if RANK[change] > RANK[before]:
+                assert viewers >= (t.cdn_at if change == "cdn" else t.sampled_at)
+            else:
+                assert viewers < (t.cdn_below if before == "cdn" else t.sampled_below)
+                if change == "push":
+                    assert viewers < t.sampled_below
+        if now - last_change >= t.min_dwell_s:
+            if viewers >= t.cdn_at:
+                assert c.mode == "cdn"
+            elif viewers >= t.sampled_at:
+                assert c.mode != "push"
+            if viewers < t.sampled_below:
+                assert c.mode == "push"
+            elif viewers < t.cdn_below:
+                assert c.mode != "cdn"
 
 
 @pytest.mark.parametrize(
