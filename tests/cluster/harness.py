@@ -333,11 +333,28 @@ async def watch(
     nursery: trio.Nursery, http: httpx.AsyncClient, cluster: ClusterProcess, video: str, n: int = 6
 ) -> list[Viewer]:
     """``n`` viewers of ``video`` through the edge, all on the node that hosts it."""
+    await edge_settled(http, cluster, video)
     viewers = [Viewer(cluster.edge, video, f"viewer{i}") for i in range(n)]
     for v in viewers:
         await nursery.start(v.run, http)
     assert len({cluster.node_at(v.upstream)["name"] for v in viewers}) == 1, [(v.upstream, v.connections) for v in viewers]
     return viewers
+
+
+async def edge_settled(http: httpx.AsyncClient, cluster: ClusterProcess, video: str, limit_s: float = 20.0) -> None:
+    """Until the edge sends ``video`` to one rms node, request after request. A node that
+    cluster up just restarted (an earlier test killed it) is passed over by nginx for its
+    ``fail_timeout`` (3 s): meanwhile the consistent hash sends the video elsewhere, and
+    viewers opened across that moment would land on two nodes."""
+    with trio.move_on_after(limit_s):
+        while True:
+            seen = set()
+            for _ in range(5):
+                r = await http.get(f"{cluster.edge}/v1/videos/{video}/stats")
+                seen.add(r.headers.get("x-edge-upstream", ""))
+            if len(seen) == 1 and "" not in seen:
+                return
+            await trio.sleep(0.25)
 
 
 def has_all(viewers: list[Viewer], accepted: list[int]) -> bool:

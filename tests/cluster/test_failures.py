@@ -30,6 +30,9 @@ def cluster(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterat
         rms=3,
         ingest=2,
         env={"LIVECOMMENTS_RATE_LIMIT": "1000/1s", "LIVECOMMENTS_SHUTDOWN_GRACE_S": "5"},
+        # These drills are about failing over: a node they kill stays dead for the module
+        # (restarts are test_supervision.py's), so the edge's hash does not move back.
+        args=["--restart-backoff-s", "3600", "--restart-backoff-max-s", "3600"],
     ).start()
     failed = request.session.testsfailed
     yield c
