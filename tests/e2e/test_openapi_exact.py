@@ -186,7 +186,7 @@ def test_bans_the_description_declares_valid_are_made(
     request = schemas["BanRequest"]["properties"]
     reason = request["reason"]
     body: dict[str, Any] = {
-        "user_id": data.draw(pattern(schemas["UserId"]), "user_id"),
+        "user_id": data.draw(pattern(request["user_id"]), "user_id"),
         "mode": data.draw(st.sampled_from(request["mode"]["enum"]), "mode"),
     }
     drawn = data.draw(st.one_of(st.none(), st.text(max_size=reason["maxLength"]).filter(lambda r: re.fullmatch(reason["pattern"], r) is not None)), "reason")
