@@ -1006,17 +1006,22 @@ class PublisherConfig:
     max_lag_s: float = 1.0
     cpu: int | None = None
     series_origin: float = 0.0
+    # Ports the connections go to, connection i to ports[i % len(ports)] (empty: ``port``
+    # for all). With several, the publisher takes its connections in turn (round-robin
+    # over the ports) instead of always the first idle one.
+    ports: list[int] = field(default_factory=list)
 
 
 class PubConn:
     """One keep-alive publisher connection."""
 
-    __slots__ = ("busy", "fd", "head", "in_window", "rbuf", "sent_at", "sock")
+    __slots__ = ("busy", "fd", "head", "in_window", "port", "rbuf", "sent_at", "sock")
 
-    def __init__(self, head: bytes) -> None:
+    def __init__(self, head: bytes, port: int) -> None:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.head = head
+        self.port = port
         self.busy = False
         self.sent_at = 0.0
         self.in_window = False
@@ -1063,12 +1068,16 @@ class PublisherWorker:
         self.ctl = ctl
         self.ep = select.epoll()
         self.conns = []
-        for hdrs in cfg.headers_per_connection:
+        ports = cfg.ports or [cfg.port]
+        for i, hdrs in enumerate(cfg.headers_per_connection):
+            port = ports[i % len(ports)]
             head = (
-                f"POST {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\n"
+                f"POST {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{port}\r\n"
                 "Content-Type: application/json\r\n" + "".join(h + "\r\n" for h in hdrs)
             ).encode()
-            self.conns.append(PubConn(head))
+            self.conns.append(PubConn(head, port))
+        self.rotate = len(set(ports)) > 1
+        self.next_conn = 0
         self.by_fd: dict[int, PubConn] = {}
         self.posting = False
         self.measuring = False
@@ -1081,13 +1090,14 @@ class PublisherWorker:
         self.sent_window = 0
         self.skipped = 0
         self.statuses: Counter[int] = Counter()
+        self.ok_by_port: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.series: list[int] = []
         self.max_lag = 0.0
 
     def _connect(self, c: PubConn) -> None:
-        s = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
+        s = socket.create_connection((self.cfg.host, c.port), timeout=10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         c.sock = s
@@ -1159,6 +1169,7 @@ class PublisherWorker:
         self.statuses[status] += 1
         if status in self.cfg.ok_statuses:
             self.ok += 1
+            self.ok_by_port[c.port] += 1
             sec = int(now - self.cfg.series_origin)
             if sec >= len(self.series):
                 self.series.extend([0] * (sec + 1 - len(self.series)))
@@ -1212,13 +1223,18 @@ class PublisherWorker:
                     lag = now - due
                 if self.measuring and lag > self.max_lag:
                     self.max_lag = lag
-                for c in self.conns:
+                order = self.conns
+                if self.rotate:  # round-robin over the ports: start after the last one used
+                    k = self.next_conn % len(self.conns)
+                    order = self.conns[k:] + self.conns[:k]
+                for c in order:
                     if due > now:
                         break
                     if not c.busy:
                         self._send(c, now)
                         posted_since_start += 1
                         due = self.t0 + posted_since_start * interval
+                        self.next_conn = self.conns.index(c) + 1
                 timeout = due - now if due > now and any(not c.busy for c in self.conns) else 0.05
             if self.stopping:
                 if not drain_until:
@@ -1241,6 +1257,7 @@ class PublisherWorker:
                 "ok_window": self.ok_window,
                 "skipped": self.skipped,
                 "statuses": dict(self.statuses),
+                "ok_by_port": dict(self.ok_by_port),
                 "errors": dict(self.errors),
                 "latencies_ms": self.latencies,
                 "series": self.series,
