@@ -98,6 +98,9 @@ class Viewer:
     __slots__ = (
         "backlog_at",
         "budget",
+        "chunk_left",
+        "chunk_line",
+        "chunk_skip",
         "cls",
         "connected_once",
         "fd",
@@ -149,6 +152,53 @@ class Viewer:
         self.parked = False  # dropped by the viral ramp: no reconnects until asked again
         self.seen_mode = 0  # index in MODES of the last mode the server announced
         self.ws_accept = b""  # the Sec-WebSocket-Accept the handshake must answer with
+        # Transfer-Encoding: chunked (nginx re-chunks a stream it proxies): bytes left in the
+        # current chunk (-1: the stream is not chunked), CRLF bytes still to skip after a
+        # chunk, and a chunk-size line split by a read.
+        self.chunk_left = -1
+        self.chunk_skip = 0
+        self.chunk_line = b""
+
+
+def dechunk(v: Viewer, buf: bytearray, n: int) -> int:
+    """Remove HTTP/1.1 chunk framing from the ``n`` bytes at the start of ``buf``, in place;
+    returns how many payload bytes are left there.
+
+    A chunk boundary can fall anywhere in an SSE frame (in the middle of ``event: comment``
+    too), so frames are counted on the payload only. nginx writes one chunk per upstream
+    read: a few per read here, each a short copy.
+    """
+    pos = out = 0
+    while pos < n:
+        if v.chunk_skip:  # the CRLF after a chunk's data
+            take = min(v.chunk_skip, n - pos)
+            v.chunk_skip -= take
+            pos += take
+        elif v.chunk_left > 0:
+            take = min(v.chunk_left, n - pos)
+            if out != pos:
+                buf[out : out + take] = buf[pos : pos + take]
+            out += take
+            pos += take
+            v.chunk_left -= take
+            if not v.chunk_left:
+                v.chunk_skip = 2
+        else:  # a chunk-size line, maybe split across reads
+            eol = buf.find(b"\n", pos, n)
+            if eol < 0:
+                v.chunk_line += bytes(buf[pos:n])
+                if len(v.chunk_line) > 1024:
+                    raise ValueError("chunk-size line over 1 KiB: not a chunked stream")
+                break
+            line = v.chunk_line + bytes(buf[pos:eol])
+            v.chunk_line = b""
+            pos = eol + 1
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:  # the last chunk: the stream ends (trailers, if any, are ignored)
+                v.chunk_left, v.chunk_skip = 0, 1 << 62  # skip everything after it
+            else:
+                v.chunk_left = size
+    return out
 
 
 def _ws_header(data: Any, pos: int, n: int) -> tuple[int, int, int] | None:
@@ -355,8 +405,13 @@ class ViewerWorker:
             self._close(v)
             v.state = DONE
             return
-        body = v.hdr[end + 4 :]
+        body: bytes | bytearray = v.hdr[end + 4 :]
+        chunked = b"transfer-encoding: chunked" in v.hdr[:end].lower()
         v.hdr = b""
+        v.chunk_left, v.chunk_skip, v.chunk_line = (0 if chunked else -1), 0, b""
+        if chunked and body:
+            body = bytearray(body)
+            del body[dechunk(v, body, len(body)) :]
         v.state = STREAM
         v.seam = False
         v.tail = b""
@@ -779,6 +834,10 @@ class ViewerWorker:
         if n == 0:
             self._on_server_close(v, now, "eof")
             return
+        if v.chunk_left >= 0:
+            n = dechunk(v, self.buf, n)
+            if not n:
+                return
         self.consume(v, self.buf, n)
 
     def _slow_tick(self, now: float, dt: float) -> None:
@@ -954,6 +1013,10 @@ class ViewerWorker:
                             self._on_server_close(v, now, errno.errorcode.get(e.errno or 0, str(e.errno)))
                             continue
                         if n:
+                            if v.chunk_left >= 0:  # through nginx: take the chunk framing out
+                                n = dechunk(v, buf, n)
+                                if not n:
+                                    continue
                             consume(v, buf, n)
                         else:
                             self._on_server_close(v, now, "eof")

@@ -406,8 +406,10 @@ class Run:
         """Wait (bounded) until the reading viewers have every comment posted, or stop progressing."""
         if expected <= 0 or readers <= 0:
             return
-        deadline = time.monotonic() + self.opts.drain_s
+        t0 = time.monotonic()
+        deadline = t0 + self.opts.drain_s
         last, last_change = -1, time.monotonic()
+        got = 0
         while time.monotonic() < deadline:
             s = self.snap_viewers()
             got = s["frames_by_class"].get("healthy", 0) + s["frames_by_class"].get("flapping", 0)
@@ -417,8 +419,12 @@ class Run:
             if got != last:
                 last, last_change = got, time.monotonic()
             elif time.monotonic() - last_change > 1.5:
-                return
+                break
             time.sleep(0.2)
+        self.notes.append(
+            f"drain: the reading viewers had {got:,} of the {expected * readers:,} frames posted "
+            f"{time.monotonic() - t0:.1f} s after the publisher stopped"
+        )
 
     # -- the run ------------------------------------------------------------------------
 
