@@ -191,10 +191,14 @@ def write_plots(
         lg.append(100 * (b["loadgen_cpu_s"] - a["loadgen_cpu_s"]) / dt)
         for rk in role_keys:
             by_role[rk].append(100 * (b.get(rk, 0.0) - a.get(rk, 0.0)) / dt)
-    ax2.plot(ts, srv, label="server" if not role_keys else "cluster, all roles")
-    ax2.plot(ts, lg, label="load generator")
-    for rk, values in by_role.items():
-        ax2.plot(ts, values, label=rk.split(":", 1)[1], linewidth=0.8)
+    if role_keys:  # colours as in roles.png
+        ax2.plot(ts, srv, label="cluster, all roles", color="black")
+        ax2.plot(ts, lg, label="load generator", color="grey", linestyle="--")
+        for i, (rk, values) in enumerate(by_role.items()):
+            ax2.plot(ts, values, label=rk.split(":", 1)[1], linewidth=0.8, color=f"C{i}")
+    else:
+        ax2.plot(ts, srv, label="server")
+        ax2.plot(ts, lg, label="load generator")
     ax2.set_ylabel("CPU, % of a core")
     ax2.set_xlabel("seconds since the harness started")
     ax2.grid(True, alpha=0.3)
