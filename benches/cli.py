@@ -2,6 +2,8 @@
 
 Example: ``livecomments bench --scenario popular --target nchan --duration 20 --out bench-out/p``
 writes ``bench-out/p/result.json`` and PNG plots, and prints a table at the end.
+``--target cluster --rms 2 --ingest 2 [--via nodes]`` measures a ``livecomments cluster up``
+per role (benches/cluster.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benches.cluster import VIA
 from benches.edge import EDGE, print_edge, run_edge
 from benches.report import print_table
 from benches.runner import RunOptions, run
@@ -32,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the video in cdn mode; counts the requests that reach the origin",
     )
     p.add_argument("--scenario", required=True, choices=sorted([*PRESETS, EDGE]), help="named load shape")
-    p.add_argument("--target", choices=("livecomments", "nchan"), default="livecomments")
+    p.add_argument(
+        "--target",
+        choices=("livecomments", "nchan", "cluster"),
+        default="livecomments",
+        help="livecomments serve (default), nginx + Nchan, or a `livecomments cluster up` (see --rms)",
+    )
     p.add_argument(
         "--transport",
         choices=("sse", "ws"),
@@ -86,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-env", action="append", default=[], metavar="K=V", help="extra server environment")
     s.add_argument("--nchan-buffer", type=int, default=1_000, help="Nchan messages kept per channel")
     s.add_argument("--max-loadgen-util", type=float, default=0.85, help="loadgen CPU share that marks a run invalid")
+    k = p.add_argument_group("--target cluster")
+    k.add_argument("--rms", type=int, help="rms nodes (default 2)")
+    k.add_argument("--ingest", type=int, help="ingest nodes (default 2)")
+    k.add_argument(
+        "--via",
+        choices=VIA,
+        help="edge: all load through the nginx edge (default); nodes: posts round-robin straight to the "
+        "ingest nodes, viewers straight to the rms node the edge would pick for the video",
+    )
     s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     s.add_argument("--quiet", action="store_true", help="no progress line")
     s.add_argument("--keep-workdir", action="store_true", help="keep the server's temporary directory")
@@ -125,7 +142,8 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> RunOptions:
     sc.class_counts()  # validates the mix
     if sc.kind == VIRAL and not 0 <= sc.ramp_from <= sc.viewers:
         raise ValueError(f"--ramp-from must be between 0 and the peak ({sc.viewers})")
-    out = args.out or Path("bench-out") / f"{sc.name}-{args.target}-{time.strftime('%Y%m%d-%H%M%S')}"
+    label = f"{args.target}-{args.via or 'edge'}" if args.target == "cluster" else args.target
+    out = args.out or Path("bench-out") / f"{sc.name}-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     env = {}
     for item in args.server_env:
         k, sep, v = item.partition("=")
@@ -157,6 +175,9 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> RunOptions:
         plots=not args.no_plots,
         progress=not args.quiet,
         keep_workdir=args.keep_workdir,
+        rms=args.rms or 2,
+        ingest=args.ingest or 2,
+        via=args.via or "edge",
     )
 
 
@@ -166,14 +187,20 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.scenario == EDGE:
         return _edge(args, argv)
-    if PRESETS[args.scenario].kind == VIRAL and args.target != "livecomments":
+    if args.target != "cluster" and (args.via, args.rms, args.ingest) != (None, None, None):
+        parser.error("--via, --rms and --ingest apply to --target cluster only")
+    if args.target == "cluster" and min(args.rms or 2, args.ingest or 2) < 1:
+        parser.error("--target cluster needs at least one rms and one ingest node")
+    if args.target == "cluster" and args.server_cmd:
+        parser.error("--server-cmd does not apply to --target cluster (use --server-env for its settings)")
+    if PRESETS[args.scenario].kind == VIRAL and args.target == "nchan":
         print(
             f"livecomments bench: the {args.scenario} scenario runs against livecomments only: it drives the "
             f"server's fan-out tiers (push, sampled, cdn), which {args.target} does not have",
             file=sys.stderr,
         )
         return 2
-    if args.transport == "ws" and args.target != "livecomments":
+    if args.transport == "ws" and args.target == "nchan":
         print(
             f"livecomments bench: --transport ws runs against livecomments only: {args.target} is measured "
             "with SSE viewers (use --transport sse)",

@@ -98,6 +98,9 @@ class Viewer:
     __slots__ = (
         "backlog_at",
         "budget",
+        "chunk_left",
+        "chunk_line",
+        "chunk_skip",
         "cls",
         "connected_once",
         "fd",
@@ -149,6 +152,53 @@ class Viewer:
         self.parked = False  # dropped by the viral ramp: no reconnects until asked again
         self.seen_mode = 0  # index in MODES of the last mode the server announced
         self.ws_accept = b""  # the Sec-WebSocket-Accept the handshake must answer with
+        # Transfer-Encoding: chunked (nginx re-chunks a stream it proxies): bytes left in the
+        # current chunk (-1: the stream is not chunked), CRLF bytes still to skip after a
+        # chunk, and a chunk-size line split by a read.
+        self.chunk_left = -1
+        self.chunk_skip = 0
+        self.chunk_line = b""
+
+
+def dechunk(v: Viewer, buf: bytearray, n: int) -> int:
+    """Remove HTTP/1.1 chunk framing from the ``n`` bytes at the start of ``buf``, in place;
+    returns how many payload bytes are left there.
+
+    A chunk boundary can fall anywhere in an SSE frame (in the middle of ``event: comment``
+    too), so frames are counted on the payload only. nginx writes one chunk per upstream
+    read: a few per read here, each a short copy.
+    """
+    pos = out = 0
+    while pos < n:
+        if v.chunk_skip:  # the CRLF after a chunk's data
+            take = min(v.chunk_skip, n - pos)
+            v.chunk_skip -= take
+            pos += take
+        elif v.chunk_left > 0:
+            take = min(v.chunk_left, n - pos)
+            if out != pos:
+                buf[out : out + take] = buf[pos : pos + take]
+            out += take
+            pos += take
+            v.chunk_left -= take
+            if not v.chunk_left:
+                v.chunk_skip = 2
+        else:  # a chunk-size line, maybe split across reads
+            eol = buf.find(b"\n", pos, n)
+            if eol < 0:
+                v.chunk_line += bytes(buf[pos:n])
+                if len(v.chunk_line) > 1024:
+                    raise ValueError("chunk-size line over 1 KiB: not a chunked stream")
+                break
+            line = v.chunk_line + bytes(buf[pos:eol])
+            v.chunk_line = b""
+            pos = eol + 1
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:  # the last chunk: the stream ends (trailers, if any, are ignored)
+                v.chunk_left, v.chunk_skip = 0, 1 << 62  # skip everything after it
+            else:
+                v.chunk_left = size
+    return out
 
 
 def _ws_header(data: Any, pos: int, n: int) -> tuple[int, int, int] | None:
@@ -355,8 +405,13 @@ class ViewerWorker:
             self._close(v)
             v.state = DONE
             return
-        body = v.hdr[end + 4 :]
+        body: bytes | bytearray = v.hdr[end + 4 :]
+        chunked = b"transfer-encoding: chunked" in v.hdr[:end].lower()
         v.hdr = b""
+        v.chunk_left, v.chunk_skip, v.chunk_line = (0 if chunked else -1), 0, b""
+        if chunked and body:
+            body = bytearray(body)
+            del body[dechunk(v, body, len(body)) :]
         v.state = STREAM
         v.seam = False
         v.tail = b""
@@ -779,6 +834,10 @@ class ViewerWorker:
         if n == 0:
             self._on_server_close(v, now, "eof")
             return
+        if v.chunk_left >= 0:
+            n = dechunk(v, self.buf, n)
+            if not n:
+                return
         self.consume(v, self.buf, n)
 
     def _slow_tick(self, now: float, dt: float) -> None:
@@ -954,6 +1013,10 @@ class ViewerWorker:
                             self._on_server_close(v, now, errno.errorcode.get(e.errno or 0, str(e.errno)))
                             continue
                         if n:
+                            if v.chunk_left >= 0:  # through nginx: take the chunk framing out
+                                n = dechunk(v, buf, n)
+                                if not n:
+                                    continue
                             consume(v, buf, n)
                         else:
                             self._on_server_close(v, now, "eof")
@@ -1006,17 +1069,22 @@ class PublisherConfig:
     max_lag_s: float = 1.0
     cpu: int | None = None
     series_origin: float = 0.0
+    # Ports the connections go to, connection i to ports[i % len(ports)] (empty: ``port``
+    # for all). With several, the publisher takes its connections in turn (round-robin
+    # over the ports) instead of always the first idle one.
+    ports: list[int] = field(default_factory=list)
 
 
 class PubConn:
     """One keep-alive publisher connection."""
 
-    __slots__ = ("busy", "fd", "head", "in_window", "rbuf", "sent_at", "sock")
+    __slots__ = ("busy", "fd", "head", "in_window", "port", "rbuf", "sent_at", "sock")
 
-    def __init__(self, head: bytes) -> None:
+    def __init__(self, head: bytes, port: int) -> None:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.head = head
+        self.port = port
         self.busy = False
         self.sent_at = 0.0
         self.in_window = False
@@ -1063,12 +1131,16 @@ class PublisherWorker:
         self.ctl = ctl
         self.ep = select.epoll()
         self.conns = []
-        for hdrs in cfg.headers_per_connection:
+        ports = cfg.ports or [cfg.port]
+        for i, hdrs in enumerate(cfg.headers_per_connection):
+            port = ports[i % len(ports)]
             head = (
-                f"POST {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{cfg.port}\r\n"
+                f"POST {cfg.path} HTTP/1.1\r\nHost: {cfg.host}:{port}\r\n"
                 "Content-Type: application/json\r\n" + "".join(h + "\r\n" for h in hdrs)
             ).encode()
-            self.conns.append(PubConn(head))
+            self.conns.append(PubConn(head, port))
+        self.rotate = len(set(ports)) > 1
+        self.next_conn = 0
         self.by_fd: dict[int, PubConn] = {}
         self.posting = False
         self.measuring = False
@@ -1081,13 +1153,14 @@ class PublisherWorker:
         self.sent_window = 0
         self.skipped = 0
         self.statuses: Counter[int] = Counter()
+        self.ok_by_port: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.series: list[int] = []
         self.max_lag = 0.0
 
     def _connect(self, c: PubConn) -> None:
-        s = socket.create_connection((self.cfg.host, self.cfg.port), timeout=10)
+        s = socket.create_connection((self.cfg.host, c.port), timeout=10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         c.sock = s
@@ -1159,6 +1232,7 @@ class PublisherWorker:
         self.statuses[status] += 1
         if status in self.cfg.ok_statuses:
             self.ok += 1
+            self.ok_by_port[c.port] += 1
             sec = int(now - self.cfg.series_origin)
             if sec >= len(self.series):
                 self.series.extend([0] * (sec + 1 - len(self.series)))
@@ -1212,13 +1286,18 @@ class PublisherWorker:
                     lag = now - due
                 if self.measuring and lag > self.max_lag:
                     self.max_lag = lag
-                for c in self.conns:
+                order = self.conns
+                if self.rotate:  # round-robin over the ports: start after the last one used
+                    k = self.next_conn % len(self.conns)
+                    order = self.conns[k:] + self.conns[:k]
+                for c in order:
                     if due > now:
                         break
                     if not c.busy:
                         self._send(c, now)
                         posted_since_start += 1
                         due = self.t0 + posted_since_start * interval
+                        self.next_conn = self.conns.index(c) + 1
                 timeout = due - now if due > now and any(not c.busy for c in self.conns) else 0.05
             if self.stopping:
                 if not drain_until:
@@ -1241,6 +1320,7 @@ class PublisherWorker:
                 "ok_window": self.ok_window,
                 "skipped": self.skipped,
                 "statuses": dict(self.statuses),
+                "ok_by_port": dict(self.ok_by_port),
                 "errors": dict(self.errors),
                 "latencies_ms": self.latencies,
                 "series": self.series,

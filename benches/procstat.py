@@ -92,6 +92,26 @@ def sample(pids: list[int]) -> ProcSample:
     return ProcSample(cpu, rss, hwm)
 
 
+def sample_sticky(pids: list[int], last_cpu: dict[int, float]) -> ProcSample:
+    """Like :func:`sample`, but a process that has gone keeps counting with the CPU of its
+    last reading (kept in ``last_cpu``), so the sum never drops when one of a set ends in
+    the middle of a window (nginx's cache loader exits a minute after it starts)."""
+    cpu = 0.0
+    rss = hwm = 0
+    for pid in pids:
+        try:
+            c = cpu_seconds(pid)
+            r, h = memory_kb(pid)
+        except (OSError, ValueError, IndexError):
+            cpu += last_cpu.get(pid, 0.0)
+            continue
+        last_cpu[pid] = c
+        cpu += c
+        rss += r
+        hwm += h
+    return ProcSample(cpu, rss, hwm)
+
+
 def raise_nofile() -> tuple[int, int, int]:
     """Raise the soft open-file limit to the hard limit; return (soft before, soft after, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -104,6 +104,19 @@ def table_rows(r: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "delivery_check" in r:
         dc = r["delivery_check"]
         rows.append(("missing / duplicate frames", f"{_fmt(dc.get('missing'))} / {_fmt(dc.get('duplicates'))}"))
+    if r.get("roles"):
+        c = r.get("cluster", {})
+        rows.append(("cluster (via)", f"{c.get('rms', '?')} rms, {c.get('ingest', '?')} ingest ({c.get('via', '?')})"))
+        rows.append(("CPU by role", "CPU s (% core) | us/comment | us/delivery | RSS KiB"))
+        for role, f in [*r["roles"].items(), ("total", r.get("roles_total", {}))]:
+            rows.append(
+                (
+                    f"  {role}",
+                    f"{_fmt(f.get('cpu_s'), 2)} ({_fmt(f.get('cpu_util_pct'), 1)}%) | "
+                    f"{_fmt(f.get('cpu_us_per_comment'), 1)} | {_fmt(f.get('cpu_us_per_delivery'), 3)} | "
+                    f"{_fmt(f.get('rss_kb'))}",
+                )
+            )
     if r.get("invalid_reasons"):
         rows.append(("invalid because", "; ".join(r["invalid_reasons"])))
     return rows
@@ -166,6 +179,9 @@ def write_plots(
     ax1.grid(True, alpha=0.3)
     ax1.set_title(f"{title}: deliveries and CPU over time")
     ts, srv, lg = [], [], []
+    # A cluster's samples also carry each role's CPU ("cpu_s:ingest", ...): a line each.
+    role_keys = [rk for rk in (cpu_samples[-1] if cpu_samples else {}) if rk.startswith("cpu_s:")]
+    by_role: dict[str, list[float]] = {rk: [] for rk in role_keys}
     for a, b in itertools.pairwise(cpu_samples):
         dt = b["t"] - a["t"]
         if dt <= 0:
@@ -173,8 +189,16 @@ def write_plots(
         ts.append(b["t"])
         srv.append(100 * (b["server_cpu_s"] - a["server_cpu_s"]) / dt)
         lg.append(100 * (b["loadgen_cpu_s"] - a["loadgen_cpu_s"]) / dt)
-    ax2.plot(ts, srv, label="server")
-    ax2.plot(ts, lg, label="load generator")
+        for rk in role_keys:
+            by_role[rk].append(100 * (b.get(rk, 0.0) - a.get(rk, 0.0)) / dt)
+    if role_keys:  # colours as in roles.png
+        ax2.plot(ts, srv, label="cluster, all roles", color="black")
+        ax2.plot(ts, lg, label="load generator", color="grey", linestyle="--")
+        for i, (rk, values) in enumerate(by_role.items()):
+            ax2.plot(ts, values, label=rk.split(":", 1)[1], linewidth=0.8, color=f"C{i}")
+    else:
+        ax2.plot(ts, srv, label="server")
+        ax2.plot(ts, lg, label="load generator")
     ax2.set_ylabel("CPU, % of a core")
     ax2.set_xlabel("seconds since the harness started")
     ax2.grid(True, alpha=0.3)
@@ -188,3 +212,49 @@ def write_plots(
     plt.close(fig)
     written.append("timeseries.png")
     return written
+
+
+def write_roles_plot(out_dir: Path, title: str, roles: Mapping[str, Mapping[str, Any]], order: Sequence[str]) -> str:
+    """``roles.png``: a cluster's CPU per accepted comment and per delivery, stacked by role.
+
+    Call only after :func:`write_plots` returned plots (matplotlib is there)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r for r in order if r in roles] + [r for r in roles if r not in order]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 5))
+    for ax, key, label in (
+        (axes[0], "cpu_us_per_comment", "CPU µs per accepted comment"),
+        (axes[1], "cpu_us_per_delivery", "CPU µs per delivered comment"),
+    ):
+        bottom = 0.0
+        for i, role in enumerate(names):
+            v = roles[role].get(key) or 0.0
+            ax.bar([0], [v], bottom=[bottom], width=0.6, label=role, color=f"C{i}")
+            bottom += v
+        top = bottom
+        bottom = 0.0
+        for role in names:  # labels on the segments tall enough to hold one
+            v = roles[role].get(key) or 0.0
+            if v > 0.04 * top:
+                ax.text(0.33, bottom + v / 2, f"{role} {_num(v)}", va="center", fontsize=8)
+            bottom += v
+        ax.set_xlim(-0.5, 1.5)
+        ax.set_xticks([])
+        ax.set_ylabel(label)
+        ax.set_title(f"{label}: {_num(top)} in all", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles[::-1], labels[::-1], loc="center right", fontsize=8)
+    fig.subplots_adjust(right=0.85)
+    fig.suptitle(f"{title}: CPU by role")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(out_dir / "roles.png", dpi=100)
+    plt.close(fig)
+    return "roles.png"
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"

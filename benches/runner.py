@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from benches import report, viral
+from benches.cluster import ROLES, ClusterTarget, role_figures
 from benches.loadgen import READ_SIZE, PublisherConfig, ViewerConfig, publisher_main, viewer_main
-from benches.procstat import ProcSample, busy_pct, cpu_busy_times, pin, raise_nofile, sample
+from benches.procstat import ProcSample, busy_pct, cpu_busy_times, pin, raise_nofile, sample, sample_sticky
 from benches.scenarios import JOIN_STORM, RECONNECT_STORM, TIER_ENV, VIEWER_CLASSES, VIRAL, Scenario
 from benches.targets import HOST, LivecommentsTarget, NchanTarget, Target, comment_text
 
@@ -68,6 +69,10 @@ class RunOptions:
     plots: bool = True
     progress: bool = True
     keep_workdir: bool = False
+    # --target cluster: nodes of each kind, and where the load goes ("edge" or "nodes")
+    rms: int = 2
+    ingest: int = 2
+    via: str = "edge"
 
 
 class Worker:
@@ -150,6 +155,9 @@ class Run:
         self.progress = Progress(opts.progress, f"{self.sc.name} -> {opts.target}")
         self.target: Target | None = None
         self.srv_pids: list[int] = []
+        self.role_pids: dict[str, list[int]] = {}  # --target cluster: the processes of each role
+        self.roles_now: dict[str, ProcSample] = {}  # their figures at the last sample
+        self.last_cpu: dict[int, float] = {}  # CPU seconds of each role process at its last reading
         self.timeline: list[dict[str, Any]] = []
         self.tiers: dict[str, float] = {}
 
@@ -162,7 +170,15 @@ class Run:
         return pids
 
     def take_sample(self, mark: str = "") -> tuple[ProcSample, ProcSample]:
-        srv = sample(self.srv_pids)
+        per_role: dict[str, float] = {}
+        if self.role_pids:
+            # A cluster: the server's figures are the sum of its roles' (so they add up exactly).
+            self.roles_now = {role: sample_sticky(pids, self.last_cpu) for role, pids in self.role_pids.items()}
+            parts = self.roles_now.values()
+            srv = ProcSample(sum(p.cpu_s for p in parts), sum(p.rss_kb for p in parts), sum(p.hwm_kb for p in parts))
+            per_role = {f"cpu_s:{role}": p.cpu_s for role, p in self.roles_now.items()}
+        else:
+            srv = sample(self.srv_pids)
         lg = sample(self.loadgen_pids())
         self.samples.append(
             {
@@ -170,6 +186,7 @@ class Run:
                 "server_cpu_s": srv.cpu_s,
                 "server_rss_kb": srv.rss_kb,
                 "loadgen_cpu_s": lg.cpu_s,
+                **per_role,
                 **({"mark": 1.0} if mark else {}),
             }
         )
@@ -227,6 +244,7 @@ class Run:
         self.tell_all(("measure", True))
         cpus0 = cpu_busy_times()
         srv0, lg0 = self.take_sample("start")
+        roles0, pidcpu0 = dict(self.roles_now), dict(self.last_cpu)
         t0 = time.monotonic()
         if until_backlog:
             for w in self.viewers:
@@ -268,11 +286,13 @@ class Run:
                 break
         self.tell_all(("measure", False))
         srv1, lg1 = self.take_sample("end")
+        roles1, pidcpu1 = dict(self.roles_now), dict(self.last_cpu)
         t1 = time.monotonic()
         cpu_busy = busy_pct(cpus0, cpu_busy_times())
         self.progress.show("window closed", force=True)
         return {
             "t0": t0, "t1": t1, "srv0": srv0, "srv1": srv1, "lg0": lg0, "lg1": lg1,
+            "roles0": roles0, "roles1": roles1, "pidcpu0": pidcpu0, "pidcpu1": pidcpu1,
             "storm_t": storm_t, "cpu_busy": cpu_busy,
         }  # fmt: skip
 
@@ -290,6 +310,7 @@ class Run:
         self.tell_all(("measure", True))
         cpus0 = cpu_busy_times()
         srv0, lg0 = self.take_sample("start")
+        roles0, pidcpu0 = dict(self.roles_now), dict(self.last_cpu)
         t0 = time.monotonic()
         step = 0
         wanted = schedule[0][1]
@@ -365,6 +386,7 @@ class Run:
             pollers.close()
         self.tell_all(("measure", False))
         srv1, lg1 = self.take_sample("end")
+        roles1, pidcpu1 = dict(self.roles_now), dict(self.last_cpu)
         t1 = time.monotonic()
         cpu_busy = busy_pct(cpus0, cpu_busy_times())
         self.progress.show("ramp done", force=True)
@@ -376,6 +398,7 @@ class Run:
             )
         return {
             "t0": t0, "t1": t1, "srv0": srv0, "srv1": srv1, "lg0": lg0, "lg1": lg1,
+            "roles0": roles0, "roles1": roles1, "pidcpu0": pidcpu0, "pidcpu1": pidcpu1,
             "storm_t": None, "cpu_busy": cpu_busy,
         }  # fmt: skip
 
@@ -383,8 +406,10 @@ class Run:
         """Wait (bounded) until the reading viewers have every comment posted, or stop progressing."""
         if expected <= 0 or readers <= 0:
             return
-        deadline = time.monotonic() + self.opts.drain_s
+        t0 = time.monotonic()
+        deadline = t0 + self.opts.drain_s
         last, last_change = -1, time.monotonic()
+        got = 0
         while time.monotonic() < deadline:
             s = self.snap_viewers()
             got = s["frames_by_class"].get("healthy", 0) + s["frames_by_class"].get("flapping", 0)
@@ -394,18 +419,22 @@ class Run:
             if got != last:
                 last, last_change = got, time.monotonic()
             elif time.monotonic() - last_change > 1.5:
-                return
+                break
             time.sleep(0.2)
+        self.notes.append(
+            f"drain: the reading viewers had {got:,} of the {expected * readers:,} frames posted "
+            f"{time.monotonic() - t0:.1f} s after the publisher stopped"
+        )
 
     # -- the run ------------------------------------------------------------------------
 
     def execute(self) -> dict[str, Any]:
         opts, sc = self.opts, self.sc
-        if sc.kind == VIRAL and opts.target != "livecomments":
+        if sc.kind == VIRAL and opts.target == "nchan":
             raise ValueError(f"the {sc.name} scenario needs livecomments' fan-out tiers; {opts.target} has none")
         if opts.transport not in ("sse", "ws"):
             raise ValueError(f"unknown transport {opts.transport!r}: use sse or ws")
-        if opts.transport == "ws" and opts.target != "livecomments":
+        if opts.transport == "ws" and opts.target == "nchan":
             raise ValueError(f"WebSocket viewers need livecomments; {opts.target} is measured with SSE only")
         opts.out_dir.mkdir(parents=True, exist_ok=True)
         nofile_before, nofile_soft, nofile_hard = raise_nofile()
@@ -443,14 +472,28 @@ class Run:
                 if sc.kind == VIRAL:
                     env = {**sc.tier_env(), **env}  # --server-env still wins
                     self.tiers = {k: float(env[name]) for k, name in TIER_ENV.items() if name in env}
-                self.target = LivecommentsTarget(workdir, server_cpu, opts.server_cmd, env)
+                if opts.target == "cluster":
+                    self.target = ClusterTarget(
+                        workdir, server_cpu, rms=opts.rms, ingest=opts.ingest, via=opts.via, env=env
+                    )
+                else:
+                    self.target = LivecommentsTarget(workdir, server_cpu, opts.server_cmd, env)
             target = self.target
             self.progress.show(f"starting {target.name}", force=True)
             target.start()
             self.srv_pids = target.server_pids()
-            idle = sample(self.srv_pids)
+            self.role_pids = target.roles()
+            idle = self.take_sample()[0] if self.role_pids else sample(self.srv_pids)
             text = comment_text(opts.payload_bytes)
-            spec = target.publish_spec(sc.publishers, text)
+            pub_ports = target.publish_ports()
+            # Round-robin over several ports (ingest nodes) needs a connection to each.
+            connections = -(-sc.publishers // len(pub_ports)) * len(pub_ports)
+            if connections != sc.publishers:
+                self.notes.append(
+                    f"{connections} publisher connections instead of {sc.publishers}: one or more "
+                    f"to each of the {len(pub_ports)} ingest nodes"
+                )
+            spec = target.publish_spec(connections, text)
             preloaded = 0
             if sc.kind == JOIN_STORM and sc.backlog:
                 preloaded = target.preload(spec, sc.backlog)
@@ -459,7 +502,8 @@ class Run:
                 publisher_main,
                 PublisherConfig(
                     host=HOST,
-                    port=target.port,
+                    port=pub_ports[0],
+                    ports=pub_ports,
                     path=spec.path,
                     body_template=spec.body_template,
                     rate=sc.comments_per_s,
@@ -470,7 +514,7 @@ class Run:
                 "publisher",
             )
             if opts.transport == "ws":
-                assert isinstance(target, LivecommentsTarget)
+                assert isinstance(target, LivecommentsTarget)  # a ClusterTarget is one too
                 viewer_path = target.ws_path(sc.backlog)
             else:
                 viewer_path = target.viewer_path(sc.backlog)
@@ -483,7 +527,7 @@ class Run:
                 classes = [(c, per_proc[c][i]) for c in VIEWER_CLASSES if per_proc.get(c, [0] * nprocs)[i]]
                 cfg = ViewerConfig(
                     host=HOST,
-                    port=target.port,
+                    port=target.viewer_port(),
                     path=viewer_path,
                     classes=classes,
                     connect_rate=total_rate / nprocs,
@@ -652,6 +696,7 @@ class Run:
             "server_cpu_s": round(server_cpu, 3),
             "server_cpu_util_pct": round(100 * server_cpu / window, 1) if window > 0 else None,
             "cpu_us_per_delivery": round(1e6 * server_cpu / deliveries, 4) if deliveries else None,
+            "cpu_us_per_comment": round(1e6 * server_cpu / pub["ok_window"], 3) if pub["ok_window"] else None,
             "server_rss_kb": srv1.rss_kb,
             "server_rss_idle_kb": idle.rss_kb,
             "server_rss_peak_kb": srv1.hwm_kb,
@@ -740,11 +785,41 @@ class Run:
                 "complete_viewers": sum(agg[c]["complete"] for c in checked),
                 "viewers": sum(counts.get(c, 0) for c in checked),
             }
+        if self.role_pids:
+            r0, r1 = win["roles0"], win["roles1"]
+            roles, total = role_figures(
+                {role: r1[role].cpu_s - r0[role].cpu_s for role in self.role_pids},
+                {role: r1[role].rss_kb for role in self.role_pids},
+                pub["ok_window"],
+                deliveries,
+                window,
+            )
+            for role, fig in roles.items():
+                fig["processes"] = len(self.role_pids[role])
+            if isinstance(self.target, ClusterTarget):
+                t = self.target
+                result["cluster"] = {
+                    "via": t.via,
+                    "rms": t.rms,
+                    "ingest": t.ingest,
+                    "posts_accepted_by": {t.port_name(port): n for port, n in pub["ok_by_port"].items()},
+                    "viewers_on": t.port_name(t.viewer_port()),
+                }
+                # Each node's share of its role (is the round-robin even? which rms has the room?)
+                c0, c1 = win["pidcpu0"], win["pidcpu1"]
+                for name, (role, pids) in t.nodes().items():
+                    cpu = sum(c1.get(p, 0.0) - c0.get(p, 0.0) for p in pids)
+                    roles[role].setdefault("nodes", {})[name] = round(cpu, 4)
+            result["roles"] = roles
+            result["roles_total"] = total
         result["series"] = {"deliveries_per_s": series, "samples": self.samples}
         if opts.plots:
-            result["plots"] = report.write_plots(
-                opts.out_dir, f"{sc.name} / {self.target.name}", hists, series, self.samples
-            )
+            title = f"{sc.name} / {self.target.name}"
+            if isinstance(self.target, ClusterTarget):
+                title += f" via {self.target.via}"
+            result["plots"] = report.write_plots(opts.out_dir, title, hists, series, self.samples)
+            if self.role_pids and result["plots"]:
+                result["plots"].append(report.write_roles_plot(opts.out_dir, title, result["roles"], ROLES))
         return result
 
     def add_viral(self, result: dict[str, Any]) -> None:

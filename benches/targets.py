@@ -128,6 +128,18 @@ class Target(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]: ...
 
+    def roles(self) -> dict[str, list[int]]:
+        """The measured processes by role (a cluster's ingest, rms, ...); {} for one server."""
+        return {}
+
+    def publish_ports(self) -> list[int]:
+        """Ports the publisher's connections go to, round-robin (one server: its port)."""
+        return [self.port]
+
+    def viewer_port(self) -> int:
+        """The port the viewers connect to."""
+        return self.port
+
     def problem(self) -> str | None:
         """Why the measured process is not the one that was measured from the start, if so."""
         if self.proc is not None and self.proc.poll() is not None:

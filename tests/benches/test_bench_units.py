@@ -7,7 +7,7 @@ import multiprocessing as mp
 import time
 
 import pytest
-from benches.loadgen import ViewerConfig, ViewerWorker, _response_complete
+from benches.loadgen import ViewerConfig, ViewerWorker, _response_complete, dechunk
 from benches.report import hist_percentiles, percentile
 from benches.scenarios import PRESETS, parse_mix
 from benches.targets import NchanTarget, comment_text
@@ -35,6 +35,40 @@ def test_counts_frames_split_across_reads_anywhere() -> None:
             w._consume(v, part, len(part))
         assert v.frames == 6, cut
         assert v.last_id == b"5"
+
+
+def chunked(payload: bytes, sizes: list[int]) -> bytes:
+    """``payload`` in HTTP/1.1 chunks of the given sizes (the last takes the rest), then the end."""
+    out, pos = b"", 0
+    for size in [*sizes, len(payload)]:
+        piece = payload[pos : pos + size]
+        if piece:
+            out += b"%x\r\n" % len(piece) + piece + b"\r\n"
+        pos += len(piece)
+    return out + b"0\r\n\r\n"
+
+
+def test_counts_frames_of_a_chunked_stream_whatever_the_chunk_and_read_boundaries() -> None:
+    """Through nginx an SSE stream is re-chunked, and a chunk boundary can split ``event:
+    comment`` itself: frames are counted on the payload, with the framing taken out."""
+    now = int(time.time() * 1000)
+    payload = b"".join(frame(i, now) for i in range(6))
+    marker = payload.index(b"comment", len(frame(0, now)))  # inside the second frame's marker
+    for sizes in ([marker], [3, marker - 3, 40], [1, 1, 1, 5000]):
+        wire = chunked(payload, sizes)
+        for cut in range(1, len(wire)):
+            w = worker()
+            v = w.viewers[0]
+            v.chunk_left = 0  # the head said Transfer-Encoding: chunked
+            got = b""
+            for part in (wire[:cut], wire[cut:]):
+                buf = bytearray(part)
+                n = dechunk(v, buf, len(buf))
+                got += bytes(buf[:n])
+                if n:
+                    w._consume(v, buf, n)
+            assert got == payload, (sizes, cut)
+            assert v.frames == 6, (sizes, cut)
 
 
 def test_gap_events_and_latency_samples() -> None:
