@@ -9,7 +9,8 @@ each accepted comment on its region's outbox (a capped stream per hash slot,
 ``forward`` role drains the outbox with one consumer group per remote region
 (``Forwarder``): for each batch it reads that region's presence of the batch's videos
 (one read per video, over the inter-region link), and appends the comments of videos
-with viewers there into that region's hot store, with their ids, in id order. That
+with viewers there into that region's hot store, with their ids: each video's in id
+order, one append (one round trip) after another, the videos of a batch side by side. That
 region's rms nodes then get them through their own bus, like their local comments.
 
 - Idempotent: the append script answers "already there" for a known id, so a batch
@@ -50,7 +51,7 @@ import trio
 from adapters.redis.client import Redis
 from adapters.redis.hotstore import HotStore, LateComment, record_json
 from adapters.redis.keys import Keys
-from adapters.redis.streams import GroupConsumer, text
+from adapters.redis.streams import RETRIED, GroupConsumer, text
 from domain.model import Comment
 
 log = logging.getLogger("livecomments.regions")
@@ -118,20 +119,36 @@ class Forwarder(GroupConsumer):
             except (KeyError, ValueError, TypeError):
                 continue  # unreadable (or trimmed while pending): nothing to send
             by_video[comment.video_id].append(comment)
-        sent = nbytes = skipped = too_old = 0
-        for video_id, comments in by_video.items():
-            # Read globally: the remote region's viewers of this video, now. Raises on a
-            # link failure: nothing is acknowledged, the batch is retried.
-            if await self.remote_viewers(video_id) <= 0:
-                skipped += len(comments)
-                continue
-            for comment in sorted(comments, key=lambda c: c.id):
-                try:
-                    if await self.remote_hot.append(comment):
-                        sent += 1
-                        nbytes += len(record_json(comment).encode())
-                except LateComment:
-                    too_old += 1  # older than the hot TTL: the remote would not keep it anyway
+        counts = {"sent": 0, "bytes": 0, "skipped": 0, "too_old": 0}
+        failed: list[BaseException] = []
+
+        async def one(video_id: str, comments: list[Comment]) -> None:
+            """A video's comments, in id order, one append after another (each a round trip)."""
+            try:
+                # Read globally: the remote region's viewers of this video, now.
+                if await self.remote_viewers(video_id) <= 0:
+                    counts["skipped"] += len(comments)
+                    return
+                for comment in sorted(comments, key=lambda c: c.id):
+                    try:
+                        if await self.remote_hot.append(comment):
+                            counts["sent"] += 1
+                            counts["bytes"] += len(record_json(comment).encode())
+                    except LateComment:
+                        counts["too_old"] += 1  # older than the hot TTL: the remote would not keep it
+            except RETRIED as e:
+                failed.append(e)
+
+        # Videos side by side (their orders are independent), each video's comments in turn.
+        async with trio.open_nursery() as nursery:
+            for video_id, comments in by_video.items():
+                nursery.start_soon(one, video_id, comments)
+        if failed:
+            # The link (or the remote Redis) failed: nothing of the batch is acknowledged;
+            # GroupConsumer backs off and re-reads the pending entries (what was appended
+            # already is "already there" the next time).
+            raise failed[0]
+        sent, nbytes, skipped, too_old = counts["sent"], counts["bytes"], counts["skipped"], counts["too_old"]
         await self._count(sent, nbytes, skipped, too_old)
         await self.ack(stream, ids)
 
