@@ -462,6 +462,8 @@ class Cluster:
             print(f"  {'redis':<10} {self.redis_url:<28} (given)")
         for c in self.children:
             where = c.url or ("cold store: " + os.environ.get("LIVECOMMENTS_STORE", "sqlite"))
+            if c.role == "forward":
+                where = "to " + ",".join(r.split("=", 1)[0] for r in c.env.get("LIVECOMMENTS_REGION_REMOTES", "").split(","))
             extra = f" worker {c.env['LIVECOMMENTS_WORKER_ID']}" if c.role == "ingest" else ""
             print(f"  {c.name:<10} {where:<28} pid {c.pid:<8} log {rel(c.log)}{extra}")
         assert self.nginx is not None
