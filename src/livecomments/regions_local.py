@@ -10,8 +10,9 @@ Redis, owned by this process' nursery: A's forwarder reads B's presence and appe
 B's hot store through it, and nothing else crosses regions.
 
 ``run_dir/cluster.json`` describes every region (each region's own ``cluster.json`` is in
-its directory, for ``cluster status --run-dir``) and the links with the bytes they
-carried (rewritten every ``LINK_REPORT_S`` while they change). A file ``run_dir/links.down``
+its directory; ``cluster status --run-dir run_dir`` shows every region) and the links
+with the bytes they carried (rewritten every ``LINK_REPORT_S`` while they or the pids
+change). A file ``run_dir/links.down``
 cuts every link (open connections are closed, new ones refused) until it is removed: the
 link-loss drill of docs/operations.md (Regions).
 """
@@ -160,7 +161,10 @@ class RegionsCluster:
                 if link.proxy.down != down:
                     link.proxy.set_down(down)
             now = trio.current_time()
-            state = tuple((link.proxy.bytes, link.proxy.down) for link in self.links)
+            state = (
+                tuple((link.proxy.bytes, link.proxy.down) for link in self.links),
+                tuple(c.pid for r in self.regions for c in r.children),  # restarts
+            )
             if state != last and now >= next_report:
                 self.save()
                 last, next_report = state, now + LINK_REPORT_S

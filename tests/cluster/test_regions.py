@@ -191,3 +191,13 @@ async def test_a_cut_link_loses_nothing_and_catches_up_in_order(regions: Cluster
         nursery.cancel_scope.cancel()
 
     check_complete_in_order(in_a + in_b, poster_of(regions, "cut", ids))
+
+
+async def test_status_shows_every_region_and_link(regions: ClusterProcess) -> None:
+    status = await regions.status()
+    assert set(status["regions"]) == {"a", "b"}
+    for name, region in status["regions"].items():
+        roles = sorted(n["role"] for n in region["processes"])
+        assert roles.count("forward") == 1, (name, roles)
+        assert region["healthy"], region
+    assert {(link["from"], link["to"]) for link in status["links"]} == {("a", "b"), ("b", "a")}
