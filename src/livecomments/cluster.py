@@ -24,6 +24,11 @@ Children get ``LIVECOMMENTS_*`` settings from this process' environment (so
 ``LIVECOMMENTS_RATE_LIMIT=... livecomments cluster up`` applies to every node), plus
 their own port, node id and Snowflake worker id (1, 2, ... for ingest nodes: ids from
 different workers never collide).
+
+``--regions N`` (``livecomments.regions_local``): N such clusters, one per region, each
+with its own Redis, plus a ``forward`` process per region and delaying proxies between
+them (docs/operations.md, Regions). A ``Cluster`` is then one region: its own run
+directory, worker ids from ``worker_base`` + 1, edge port and extra environment.
 """
 
 from __future__ import annotations
