@@ -201,3 +201,20 @@ async def test_status_shows_every_region_and_link(regions: ClusterProcess) -> No
         assert roles.count("forward") == 1, (name, roles)
         assert region["healthy"], region
     assert {(link["from"], link["to"]) for link in status["links"]} == {("a", "b"), ("b", "a")}
+
+
+async def test_a_removal_follows_the_comment_to_the_other_region(regions: ClusterProcess) -> None:
+    async with client() as http, trio.open_nursery() as nursery:
+        in_b = await start_viewers(nursery, http, edge(regions, "b"), "del", 2, "b")
+        in_a = await start_viewers(nursery, http, edge(regions, "a"), "del", 1, "a")
+        await wait_for(lambda: viewers_in(http, edge(regions, "b"), "del"), SETTLE_S, "b's presence of 'del'")
+        ids = await post_n(http, regions, "del", 3)
+        await wait_for(lambda: has_all(in_a + in_b, ids), SETTLE_S, "the comments in both regions")
+        # post_n's i-th post is by user del-u{i}: the author deletes it in region a.
+        r = await http.delete(f"{regions.edge}/v1/videos/del/comments/{ids[1]}", headers=regions.auth("del-u1"))
+        assert r.status_code in (200, 204), r.text
+        await wait_for(lambda: all(ids[1] in v.removed for v in in_a + in_b), SETTLE_S, "the removal in both regions")
+        history = await http.get(f"{edge(regions, 'b')}/v1/videos/del/comments?before={2**63 - 1}&limit=10")
+        nursery.cancel_scope.cancel()
+    assert history.status_code == 200, history.text
+    assert {int(c["id"]) for c in history.json()["comments"]} == {ids[0], ids[2]}

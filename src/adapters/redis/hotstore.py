@@ -251,11 +251,12 @@ class HotStore:
         """Take a comment out of ``recent`` (True if it was there) and record a tombstone;
         the removal goes down the stream to the cold store."""
         k = self.keys
-        res = await self._write(
-            self._remove,
-            [k.recent(video_id), k.tombstones(video_id), k.stream_of(video_id)],
-            [pad(comment_id), str(comment_id), video_id, self.tombstones_kept, self.ttl_s],
-        )
+        keys = [k.recent(video_id), k.tombstones(video_id), k.stream_of(video_id)]
+        args: list[Any] = [pad(comment_id), str(comment_id), video_id, self.tombstones_kept, self.ttl_s]
+        if self.outbox_max > 0:  # regions: the removal goes to the other regions too
+            keys.append(k.outbox_of(video_id))
+            args.append(self.outbox_max)
+        res = await self._write(self._remove, keys, args)
         return int(res) == 1
 
     async def get(self, video_id: str, comment_id: int) -> Comment | None:

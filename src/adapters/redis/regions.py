@@ -33,9 +33,12 @@ region's rms nodes then get them through their own bus, like their local comment
   comments loses the oldest for forwarding (they stay acknowledged, stored and shown in
   their own region). Entries are acknowledged (``XACK``) but not deleted, since other
   regions' groups read the same outbox: the cap is what trims it.
+- Removals (a delete or automod in this region, ``lua/remove.lua`` with the outbox) go
+  on the same outbox and are applied, after the batch's appends, in every remote region
+  that has the comment (forwarded while it had viewers), and published on its bus there.
 - What was sent is counted per remote region in the local hash ``Keys.forwarded``:
   ``comments``, ``bytes`` (records), ``skipped`` (comments of videos without viewers
-  there), ``too_old``.
+  there), ``too_old``, ``removed``.
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ from typing import Any
 
 import trio
 
+from adapters.redis.bus import encode
 from adapters.redis.client import Redis
 from adapters.redis.hotstore import HotStore, LateComment, record_json
 from adapters.redis.keys import Keys
 from adapters.redis.streams import RETRIED, GroupConsumer, text
-from domain.model import Comment
+from domain.model import Comment, Removal
 
 log = logging.getLogger("livecomments.regions")
 
@@ -99,6 +103,7 @@ class Forwarder(GroupConsumer):
         self.keys = keys
         self.remote_name = remote_name
         self.remote_hot = remote_hot
+        self.remote_redis = remote_hot.redis
         self.remote_viewers = remote_viewers
         # With ``prepare`` (connect and load the append script on the remote's lean pipe,
         # ``remote_hot.pipe``), a video's appends are pipelined: each is queued on the one
@@ -117,16 +122,20 @@ class Forwarder(GroupConsumer):
 
     async def handle(self, stream: str, entries: list[Any]) -> None:
         by_video: dict[str, list[Comment]] = defaultdict(list)
+        removals: dict[str, list[int]] = defaultdict(list)
         ids: list[str] = []
         for e in entries:
             ids.append(text(e.identifier))
             fields = {text(k): text(v) for k, v in dict(e.field_values or {}).items()}
             try:
+                if fields.get("k") == "r":
+                    removals[fields["v"]].append(int(fields["id"]))
+                    continue
                 comment = Comment.from_record(json.loads(fields["r"]))
             except (KeyError, ValueError, TypeError):
                 continue  # unreadable (or trimmed while pending): nothing to send
             by_video[comment.video_id].append(comment)
-        counts = {"sent": 0, "bytes": 0, "skipped": 0, "too_old": 0}
+        counts = {"sent": 0, "bytes": 0, "skipped": 0, "too_old": 0, "removed": 0}
         failed: list[BaseException] = []
 
         async def one(video_id: str, comments: list[Comment]) -> None:
@@ -165,20 +174,38 @@ class Forwarder(GroupConsumer):
             except RETRIED as e:
                 failed.append(e)
 
+        async def remove(video_id: str, comment_ids: list[int]) -> None:
+            """Removals go wherever the comment is (forwarded while that region had
+            viewers), whatever its viewers now; a region without it gets no tombstone."""
+            try:
+                for comment_id in comment_ids:
+                    found = await self.remote_hot.get(video_id, comment_id)
+                    if found is not None and await self.remote_hot.remove(video_id, comment_id):
+                        await self.remote_redis.spublish(
+                            self.keys.channel(video_id), encode(Removal(video_id, comment_id, found.author.id, found.shadow))
+                        )
+                        counts["removed"] += 1
+            except RETRIED as e:
+                failed.append(e)
+
         # Videos side by side (their orders are independent), each video's comments in turn.
         async with trio.open_nursery() as nursery:
             for video_id, comments in by_video.items():
                 nursery.start_soon(one, video_id, comments)
+        if removals and not failed:  # after the appends: a comment and its removal in one batch
+            async with trio.open_nursery() as nursery:
+                for video_id, comment_ids in removals.items():
+                    nursery.start_soon(remove, video_id, comment_ids)
         if failed:
             # The link (or the remote Redis) failed: nothing of the batch is acknowledged;
             # GroupConsumer backs off and re-reads the pending entries (what was appended
             # already is "already there" the next time).
             raise failed[0]
         sent, nbytes, skipped, too_old = counts["sent"], counts["bytes"], counts["skipped"], counts["too_old"]
-        await self._count(sent, nbytes, skipped, too_old)
+        await self._count(sent, nbytes, skipped, too_old, counts["removed"])
         await self.ack(stream, ids)
 
-    async def _count(self, sent: int, nbytes: int, skipped: int, too_old: int) -> None:
+    async def _count(self, sent: int, nbytes: int, skipped: int, too_old: int, removed: int) -> None:
         self.forwarded += sent
         self.skipped += skipped
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -187,6 +214,7 @@ class Forwarder(GroupConsumer):
             pipe.hincrby(key, "bytes", nbytes)
             pipe.hincrby(key, "skipped", skipped)
             pipe.hincrby(key, "too_old", too_old)
+            pipe.hincrby(key, "removed", removed)
         if too_old:
             log.warning("%s: %d comment(s) older than the remote accepts, not sent", self.name, too_old)
 
