@@ -139,14 +139,15 @@ async def test_append_puts_comments_on_the_region_outbox_with_or_without_moderat
         record_json(moderated)
     ]
     for n in range(200):  # capped at about outbox_max (MAXLEN ~: whole nodes of 100 entries)
-        call = AppendCall.of(comment("v1", 10 + n), keys, window_ms=250, hot_size=100, ttl_s=600, outbox_max=10)
+        newest = comment("v1", 10 + n)
+        call = AppendCall.of(newest, keys, window_ms=250, hot_size=100, ttl_s=600, outbox_max=10)
         await append(keys=call.script_keys(), args=call.script_args())
     assert await redis.xlen(keys.outbox_of("v1")) <= 110
     remove = scripts.register(redis, "remove")
     k = [keys.recent("v1"), keys.tombstones("v1"), keys.stream_of("v1"), keys.outbox_of("v1")]
-    assert await remove(keys=k, args=[pad(plain.id), str(plain.id), "v1", 10, 600, 1000]) == 1
+    assert await remove(keys=k, args=[pad(newest.id), str(newest.id), "v1", 10, 600, 1000]) == 1
     last = (await redis.xrevrange(keys.outbox_of("v1"), count=1))[0]
-    assert {s(a): s(b) for a, b in dict(last.field_values).items()} == {"k": "r", "v": "v1", "id": str(plain.id)}
+    assert {s(a): s(b) for a, b in dict(last.field_values).items()} == {"k": "r", "v": "v1", "id": str(newest.id)}
 
 
 # -- remove.lua -----------------------------------------------------------------------------------
