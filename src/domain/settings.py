@@ -110,6 +110,13 @@ class Settings:
     hot_ttl_s: int = _setting(86400, "seconds an idle video's hot data stays in Redis", kind=int)
     reorder_window_ms: int = _setting(250, "Redis accepts a comment only if its id's time is this close to Redis' clock", kind=int)
     reorder_margin_ms: int = _setting(100, "rms holds comments reorder_window_ms + this before releasing them in id order", kind=int)
+    region_outbox_max: int = _setting(
+        0,
+        "multi-region: > 0 puts each accepted comment on its region's outbox stream too, capped at about this many entries"
+        " (the oldest are trimmed: comments older than that are not forwarded); 0: no outbox (one region)",
+        kind=int,
+    )
+    region_remotes: str = _setting("", "the forward role's other regions: name=redis_url, comma-separated")
     backfill_max: int = _setting(10000, "most comments a node replays live per video after a Redis outage", kind=int)
     presence_ttl_s: float = _setting(5.0, "seconds a node's viewer count stays counted without a refresh", kind=float)
     presence_interval_s: float = _setting(1.0, "seconds between viewer count reports", kind=float)

@@ -38,7 +38,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _role(args: argparse.Namespace) -> int:
-    """``livecomments ingest | rms | persist | moderate``: one process of a cluster (livecomments.cluster_nodes)."""
+    """``livecomments ingest | rms | persist | moderate | forward``: one process of a cluster (livecomments.cluster_nodes)."""
     from livecomments import cluster_nodes as roles
     from livecomments.serve import configure_logging, raise_nofile_limit
 
@@ -53,6 +53,7 @@ def _role(args: argparse.Namespace) -> int:
         "rms": roles.run_rms,
         "persist": roles.run_persist,
         "moderate": roles.run_moderate,
+        "forward": roles.run_forward,
     }[args.command]
     trio.run(run, settings)
     return 0
@@ -114,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
         ("rms", "cluster mode: a realtime node (SSE, WebSocket, long-poll, snapshots) on Redis"),
         ("persist", "cluster mode: drain the Redis hot store into the cold store"),
         ("moderate", "cluster mode: automod workers draining the moderation streams"),
+        ("forward", "cluster mode, regions: send this region's comments to the regions with viewers of them"),
     ):
         rp = sub.add_parser(role, help=text)
         config.add_flags(rp)
@@ -144,6 +146,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--redis-appendfsync", choices=("always", "everysec"), default="always",
         help="fsync policy of the Redis started here (default always: no acknowledged comment lost if Redis dies)",
+    )
+    up.add_argument(
+        "--regions", type=int, default=1,
+        help="start this many regions (default 1), each with its own Redis, nodes and edge (docs/operations.md, Regions)",
+    )
+    up.add_argument(
+        "--region-delay-ms", type=float, default=40.0,
+        help="one-way delay of the links between regions (a delaying proxy; default 40)",
     )
     up.set_defaults(func=_cluster)
     status = csub.add_parser("status", help="each process of a running cluster: role, health, load, restarts")

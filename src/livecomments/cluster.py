@@ -24,6 +24,11 @@ Children get ``LIVECOMMENTS_*`` settings from this process' environment (so
 ``LIVECOMMENTS_RATE_LIMIT=... livecomments cluster up`` applies to every node), plus
 their own port, node id and Snowflake worker id (1, 2, ... for ingest nodes: ids from
 different workers never collide).
+
+``--regions N`` (``livecomments.regions_local``): N such clusters, one per region, each
+with its own Redis, plus a ``forward`` process per region and delaying proxies between
+them (docs/operations.md, Regions). A ``Cluster`` is then one region: its own run
+directory, worker ids from ``worker_base`` + 1, edge port and extra environment.
 """
 
 from __future__ import annotations
@@ -197,11 +202,26 @@ class Child:
 
 
 class Cluster:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        *,
+        region: str = "",
+        run_dir: Path | None = None,
+        worker_base: int = 0,
+        edge_port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """One region (``region``, ``run_dir``, ``worker_base``, ``edge_port``, ``env``: as
+        ``RegionsCluster`` sets them; by default the whole single-region cluster)."""
         if args.rms < 1 or args.ingest < 1:
             raise ValueError("a cluster needs at least one rms and one ingest node")
         self.args = args
-        self.run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="livecomments-cluster-")).resolve()
+        self.region = region
+        self.worker_base = worker_base
+        self.edge_port: int = args.edge_port if edge_port is None else edge_port
+        self.extra_env = dict(env or {})
+        self.run_dir = (run_dir or Path(args.run_dir or tempfile.mkdtemp(prefix="livecomments-cluster-"))).resolve()
         self.children: list[Child] = []
         self.redis_url: str = args.redis_url or ""
         self.redis: Child | None = None
@@ -238,6 +258,7 @@ class Cluster:
         )
         if isinstance(self.topology, LocalRedisCluster):
             env.setdefault("LIVECOMMENTS_REDIS_SHARDS", CLUSTER_SHARDS)
+        env.update(self.extra_env)
         env.update(extra)
         return env
 
@@ -276,7 +297,7 @@ class Cluster:
 
     def _node(self, role: str, n: int, **extra: str) -> Child:
         name = f"{role}-{n}"
-        port = free_port() if role not in ("persist", "moderate") else 0
+        port = free_port() if role not in ("persist", "moderate", "forward") else 0
         cmd = [sys.executable, "-m", "livecomments", role, "--node-id", name]
         if port:
             cmd += ["--port", str(port)]
@@ -291,7 +312,7 @@ class Cluster:
         if exe is None:
             raise RuntimeError("nginx is not installed (apt-get install -y nginx)")
         ndir = make_edge_dirs(self.run_dir / "nginx")
-        port = self.args.edge_port or free_port()
+        port = self.edge_port or free_port()
         tls = self_signed(ndir) if self.args.tls else None
         listen = f"127.0.0.1:{port}" + (" ssl http2" if tls else "")
         conf = render_edge(
@@ -358,7 +379,7 @@ class Cluster:
             self._start_redis()
         await self._wait_redis()
         for n in range(1, self.args.ingest + 1):
-            self.children.append(self._node("ingest", n, LIVECOMMENTS_WORKER_ID=str(n)))
+            self.children.append(self._node("ingest", n, LIVECOMMENTS_WORKER_ID=str(self.worker_base + n)))
         for n in range(1, self.args.rms + 1):
             self.children.append(self._node("rms", n))
         if not self.args.no_persist:
@@ -397,6 +418,7 @@ class Cluster:
         backoff = self.restart_policy.backoff
         return {
             "run_dir": str(self.run_dir),
+            **({"region": self.region} if self.region else {}),
             "edge": self.edge_url,
             "supervisor": {
                 "pid": os.getpid(),
@@ -445,6 +467,8 @@ class Cluster:
             print(f"  {'redis':<10} {self.redis_url:<28} (given)")
         for c in self.children:
             where = c.url or ("cold store: " + os.environ.get("LIVECOMMENTS_STORE", "sqlite"))
+            if c.role == "forward":
+                where = "to " + ",".join(r.split("=", 1)[0] for r in c.env.get("LIVECOMMENTS_REGION_REMOTES", "").split(","))
             extra = f" worker {c.env['LIVECOMMENTS_WORKER_ID']}" if c.role == "ingest" else ""
             print(f"  {c.name:<10} {where:<28} pid {c.pid:<8} log {rel(c.log)}{extra}")
         assert self.nginx is not None
@@ -542,6 +566,7 @@ class Cluster:
             await self._stop_group([self.nginx], signal.SIGTERM, 5)  # fast: streams end now
         await self._stop_group([c for c in self.children if c.role == "rms"], signal.SIGTERM, grace + 10)
         await self._stop_group([c for c in self.children if c.role == "ingest"], signal.SIGTERM, 10)
+        await self._stop_group([c for c in self.children if c.role == "forward"], signal.SIGTERM, 10)
         await self._stop_group([c for c in self.children if c.role == "persist"], signal.SIGTERM, grace + 10)
         await self._stop_group([c for c in self.children if c.role == "moderate"], signal.SIGTERM, 10)
         if self.redis is not None:
@@ -602,4 +627,8 @@ def main(args: argparse.Namespace) -> int:
         return status_main(args)
     if args.cluster_command != "up":
         raise ValueError(f"unknown cluster command {args.cluster_command!r}")
+    if int(getattr(args, "regions", 1) or 1) > 1:
+        from livecomments.regions_local import RegionsCluster
+
+        return int(trio.run(RegionsCluster(args).run))
     return int(trio.run(Cluster(args).run))

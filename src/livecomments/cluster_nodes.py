@@ -117,6 +117,7 @@ def hot_store(redis: Redis, keys: Keys, settings: Settings, *, pipe: ScriptPipe 
         wait_replicas=settings.redis_wait_replicas,
         wait_timeout_ms=settings.redis_wait_timeout_ms,
         moderation_max=MODERATION_STREAM_MAX,
+        outbox_max=settings.region_outbox_max,
         pipe=pipe,
     )
 
@@ -382,3 +383,66 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
             await until()
             root.cancel_scope.cancel()
     print(f"livecomments moderate: stopped (handled {source.handled})", flush=True)
+
+
+# -- forward (regions) --------------------------------------------------------------------------
+
+
+async def run_forward(settings: Settings, *, until: Callable[[], Awaitable[None]] = wait_for_signal) -> None:
+    """A region's forwarder: its outboxes to each remote region that has viewers of the
+    video (``adapters.redis.regions``). ``LIVECOMMENTS_REGION_REMOTES``: name=redis_url,..."""
+    from contextlib import AsyncExitStack
+
+    from adapters.redis import scripts
+    from adapters.redis.hotstore import HotStore
+    from adapters.redis.lean import ReplyError, open_script_pipe
+    from adapters.redis.presence import Presence
+    from adapters.redis.regions import Forwarder, parse_remotes
+
+    def load_append(pipe: ScriptPipe) -> Callable[[], Awaitable[None]]:
+        """Connect the pipe and make sure the remote knows the append script (so that no
+        pipelined call is answered NOSCRIPT and re-sent out of order): once per
+        connection (a new one may be to a restarted Redis, which forgot its scripts)."""
+        loaded_on = -1  # pipe.connections when the script was last loaded
+
+        async def prepare() -> None:
+            nonlocal loaded_on
+            if pipe.connections == loaded_on:
+                return
+            reply = await pipe.command("SCRIPT", "LOAD", scripts.source("append"))
+            if isinstance(reply, ReplyError):
+                raise reply
+            loaded_on = pipe.connections
+
+        return prepare
+
+    quiet_client_logs()
+    remotes = parse_remotes(settings.region_remotes)
+    if not remotes:
+        raise ValueError("the forward role needs LIVECOMMENTS_REGION_REMOTES (name=redis_url,...)")
+    keys = keys_for(settings)
+    me = node_id(settings, "forward")
+    async with AsyncExitStack() as stack:
+        local = await stack.enter_async_context(open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s))
+        forwarders: list[Forwarder] = []
+        for name, url in remotes:
+            remote = await stack.enter_async_context(open_redis(url, timeout_s=settings.redis_timeout_s))
+            pipe = await stack.enter_async_context(open_script_pipe(url, timeout_s=settings.redis_timeout_s))
+            # Forwarded ids are older than the remote's reorder window by the link's delay
+            # (after a link loss, by the outage): accepted up to the hot TTL. No outbox and
+            # no moderation stream there: moderated here, and never forwarded again.
+            hot = HotStore(
+                remote, keys, hot_size=settings.hot_size, ttl_s=settings.hot_ttl_s, window_ms=settings.hot_ttl_s * 1000,
+                pipe=pipe,
+            )  # fmt: skip
+            presence = Presence(remote, keys, f"{me}-reader", ttl_s=settings.presence_ttl_s)
+            forwarders.append(
+                Forwarder(local, keys, name, hot, presence.total, consumer=me, prepare=load_append(pipe) if pipe else None)
+            )
+        async with trio.open_nursery() as root:
+            for f in forwarders:
+                await root.start(f.run)
+            print(f"livecomments forward: outboxes to {', '.join(n for n, _ in remotes)} (consumer {me})", flush=True)
+            await until()
+            root.cancel_scope.cancel()
+    print(f"livecomments forward: stopped (forwarded {sum(f.forwarded for f in forwarders)})", flush=True)

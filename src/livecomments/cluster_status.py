@@ -257,7 +257,7 @@ async def gather(desc: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]
         proc = usage(p.get("pid")) if p["role"] != "redis" or redis.get("started_here") else {"alive": None}
         if p["role"] == "redis":
             health, load = redis_out.get("health", {"ok": False, "detail": "no URL"}), redis_out.get("load", {})
-        elif p["role"] in ("persist", "moderate"):
+        elif p["role"] in ("persist", "moderate", "forward"):
             health = {"ok": bool(proc["alive"]), "detail": "pid alive" if proc["alive"] else "pid gone"}
             load = groups.get(p["role"], {})
         else:
@@ -355,9 +355,30 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"livecomments cluster status: {e}", file=sys.stderr)
         return 2
+    if "regions" in desc:  # cluster up --regions N: each region's own cluster.json
+        return _regions(desc, args)
     status = trio.run(gather, desc, float(args.timeout_s))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         print(render(status))
     return 0 if status["healthy"] else 1
+
+
+def _regions(desc: dict[str, Any], args: argparse.Namespace) -> int:
+    """Every region's status (``--json``: {"regions": {name: status}, "links": ..., "healthy"})."""
+    out: dict[str, Any] = {}
+    for name, region in desc["regions"].items():
+        sub = json.loads((Path(region["run_dir"]) / "cluster.json").read_text())
+        out[name] = trio.run(gather, sub, float(args.timeout_s))
+    healthy = all(s["healthy"] for s in out.values())
+    if args.json:
+        print(json.dumps({"regions": out, "links": desc.get("links", []), "healthy": healthy}, indent=2))
+    else:
+        for name, status in out.items():
+            print(f"region {name}:")
+            print(render(status))
+        for link in desc.get("links", []):
+            state = "down" if link["down"] else "up"
+            print(f"link {link['from']} -> {link['to']}: {state}, {link['bytes']} bytes carried")
+    return 0 if healthy else 1

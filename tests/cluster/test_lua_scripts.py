@@ -125,6 +125,31 @@ async def test_append_trims_to_the_hot_size_and_raises_the_floor(redis: Any, key
     assert await redis.xlen(keys.stream_of("v1")) == 5  # the stream keeps everything for persist
 
 
+async def test_append_puts_comments_on_the_region_outbox_with_or_without_moderation(redis: Any, keys: Keys) -> None:
+    append = scripts.register(redis, "append")
+    plain, moderated, shadowed = comment("v1", 1), comment("v1", 2), comment("v1", 3, shadow=True)
+    for c, moderation_max in ((plain, 0), (moderated, 50), (shadowed, 50)):
+        call = AppendCall.of(c, keys, window_ms=250, hot_size=100, ttl_s=600, moderation_max=moderation_max, outbox_max=10)
+        assert int((await append(keys=call.script_keys(), args=call.script_args()))[0]) == 1
+    outbox = await redis.xrange(keys.outbox_of("v1"))
+    assert [{s(k): s(v) for k, v in dict(e.field_values).items()} for e in outbox] == [
+        {"v": "v1", "r": record_json(c)} for c in (plain, moderated)  # the shadowed one stays here
+    ]
+    assert [s(dict(e.field_values)[b"r"]) for e in await redis.xrange(keys.moderation_stream_of("v1"))] == [
+        record_json(moderated)
+    ]
+    for n in range(200):  # capped at about outbox_max (MAXLEN ~: whole nodes of 100 entries)
+        newest = comment("v1", 10 + n)
+        call = AppendCall.of(newest, keys, window_ms=250, hot_size=100, ttl_s=600, outbox_max=10)
+        await append(keys=call.script_keys(), args=call.script_args())
+    assert await redis.xlen(keys.outbox_of("v1")) <= 110
+    remove = scripts.register(redis, "remove")
+    k = [keys.recent("v1"), keys.tombstones("v1"), keys.stream_of("v1"), keys.outbox_of("v1")]
+    assert await remove(keys=k, args=[pad(newest.id), str(newest.id), "v1", 10, 600, 1000]) == 1
+    last = (await redis.xrevrange(keys.outbox_of("v1"), count=1))[0]
+    assert {s(a): s(b) for a, b in dict(last.field_values).items()} == {"k": "r", "v": "v1", "id": str(newest.id)}
+
+
 # -- remove.lua -----------------------------------------------------------------------------------
 
 

@@ -98,10 +98,12 @@ class AppendCall:
     hot_size: int
     ttl_s: int
     moderation_max: int = 0  # > 0: also onto the moderation stream, capped at about this
+    outbox_max: int = 0  # > 0: also onto the region outbox (regions.py), capped at about this
 
     @classmethod
     def of(
-        cls, comment: Comment, keys: Keys, *, window_ms: int, hot_size: int, ttl_s: int, moderation_max: int = 0
+        cls, comment: Comment, keys: Keys, *, window_ms: int, hot_size: int, ttl_s: int, moderation_max: int = 0,
+        outbox_max: int = 0,
     ) -> AppendCall:
         return cls(
             keys=keys,
@@ -113,6 +115,8 @@ class AppendCall:
             ttl_s=ttl_s,
             # A shadowed comment reaches nobody else: nothing to moderate.
             moderation_max=0 if comment.shadow else moderation_max,
+            # A shadowed comment is seen by its author only, who is in this region.
+            outbox_max=0 if comment.shadow else outbox_max,
         )
 
     def script_keys(self) -> list[str]:
@@ -120,10 +124,14 @@ class AppendCall:
         out = [k.recent(v), k.meta(v), k.stream_of(v), k.rate(v)]
         if self.moderation_max > 0:
             out.append(k.moderation_stream_of(v))
+        if self.outbox_max > 0:
+            out.append(k.outbox_of(v))
         return out
 
     def script_args(self) -> list[str | int]:
         tail: list[str | int] = [self.moderation_max] if self.moderation_max > 0 else []
+        if self.outbox_max > 0:
+            tail = [self.moderation_max, self.outbox_max]
         return [
             pad(self.comment_id),
             pad(self.comment_id - 1),  # the floor of a new sorted set
@@ -160,6 +168,7 @@ class HotStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
         moderation_max: int = 0,
+        outbox_max: int = 0,
         pipe: ScriptPipe | None = None,
     ) -> None:
         if wait_replicas < 0 or wait_timeout_ms < 1:
@@ -177,6 +186,7 @@ class HotStore:
         self.wait_timeout_ms = wait_timeout_ms
         self.not_replicated = 0  # writes answered NotReplicated
         self.moderation_max = moderation_max
+        self.outbox_max = outbox_max
         self._append = scripts.register(redis, "append")
         self._post = scripts.register(redis, "post")
         self._remove = scripts.register(redis, "remove")
@@ -200,7 +210,7 @@ class HotStore:
     def _call(self, comment: Comment) -> AppendCall:
         return AppendCall.of(
             comment, self.keys, window_ms=self.window_ms, hot_size=self.hot_size, ttl_s=self.ttl_s,
-            moderation_max=self.moderation_max,
+            moderation_max=self.moderation_max, outbox_max=self.outbox_max,
         )  # fmt: skip
 
     def _status(self, comment: Comment, res: Any) -> bool:
@@ -241,11 +251,12 @@ class HotStore:
         """Take a comment out of ``recent`` (True if it was there) and record a tombstone;
         the removal goes down the stream to the cold store."""
         k = self.keys
-        res = await self._write(
-            self._remove,
-            [k.recent(video_id), k.tombstones(video_id), k.stream_of(video_id)],
-            [pad(comment_id), str(comment_id), video_id, self.tombstones_kept, self.ttl_s],
-        )
+        keys = [k.recent(video_id), k.tombstones(video_id), k.stream_of(video_id)]
+        args: list[Any] = [pad(comment_id), str(comment_id), video_id, self.tombstones_kept, self.ttl_s]
+        if self.outbox_max > 0:  # regions: the removal goes to the other regions too
+            keys.append(k.outbox_of(video_id))
+            args.append(self.outbox_max)
+        res = await self._write(self._remove, keys, args)
         return int(res) == 1
 
     async def get(self, video_id: str, comment_id: int) -> Comment | None:

@@ -131,6 +131,21 @@ class Keys:
     def stream_of(self, video_id: str) -> str:
         return self.stream(self.slot(video_id))
 
+    def outbox(self, slot: int) -> str:
+        """Capped stream of comments accepted in this region, for the ``forward`` role to
+        send to other regions (one consumer group per remote region)."""
+        return f"{self.prefix}:{{{slot}}}:outbox"
+
+    def outboxes(self) -> list[str]:
+        return [self.outbox(n) for n in range(self.shards)]
+
+    def outbox_of(self, video_id: str) -> str:
+        return self.outbox(self.slot(video_id))
+
+    def forwarded(self, region: str) -> str:
+        """Hash: what the ``forward`` role sent to ``region`` (comments, bytes, skipped)."""
+        return f"{self.prefix}:region:forwarded:{region}"
+
     def moderation_stream(self, slot: int) -> str:
         """Capped stream of accepted comments that the ``moderate`` workers drain."""
         return f"{self.prefix}:{{{slot}}}:moderate"

@@ -1,10 +1,12 @@
 -- Append a comment to a video's hot store (livecomments.redis.hotstore.HotStore.append).
 -- Called through hotstore.AppendCall, which builds KEYS and ARGV in one place.
 -- KEYS: 1 recent (sorted set), 2 meta (hash), 3 the video's stream, 4 rate (hash),
---       5 (optional) the moderation stream
+--       5 (optional) the moderation stream, then (optional, last) the region outbox
 -- ARGV: 1 padded id, 2 padded id - 1, 3 the id's ms, 4 window ms, 5 hot size, 6 ttl s,
 --       7 channel (the video's shard channel: same slot as KEYS), 8 bus payload, 9 video,
---       10 record (JSON), 11 (with KEYS[5]) the moderation stream's length, about
+--       10 record (JSON), 11 (with KEYS[5]) the moderation stream's length, about (0 when
+--       there is an outbox but no moderation stream), 12 (with an outbox) the outbox's
+--       length, about
 -- Refuses an id whose time is more than the window away from Redis' clock ({0, now}),
 -- ignores an id already there ({2, now}, only refreshing the expiry); otherwise adds
 -- the member "padded id:record", trims to the hot size (raising the floor), appends to
@@ -46,7 +48,13 @@ local ttl = tonumber(ARGV[6])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('XADD', KEYS[3], '*', 'k', 'c', 'v', ARGV[9], 'r', ARGV[10])
-if #KEYS >= 5 then
+local outbox_max = tonumber(ARGV[12] or '0')
+local nmod = #KEYS
+if outbox_max > 0 then
+  redis.call('XADD', KEYS[#KEYS], 'MAXLEN', '~', outbox_max, '*', 'v', ARGV[9], 'r', ARGV[10])
+  nmod = nmod - 1
+end
+if nmod >= 5 then
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[11], '*', 'r', ARGV[10])
 end
 local sec = math.floor(now / 1000)

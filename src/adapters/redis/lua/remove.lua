@@ -1,6 +1,7 @@
 -- Remove a comment from a video's hot store (HotStore.remove).
--- KEYS: 1 recent, 2 tombstones, 3 the video's stream
--- ARGV: 1 padded id, 2 id, 3 video, 4 tombstones kept, 5 ttl s
+-- KEYS: 1 recent, 2 tombstones, 3 the video's stream, 4 (optional) the region outbox
+-- ARGV: 1 padded id, 2 id, 3 video, 4 tombstones kept, 5 ttl s, 6 (with KEYS[4]) the
+--       outbox's length, about (the removal goes there too, for the other regions)
 -- A tombstone is the id, or "id:author" for a shadowed comment (whose removal only its
 -- author may hear of); it is recorded even when the comment is not in recent (an older
 -- one). Returns 1 when the comment was in recent (the removal then goes down the stream).
@@ -18,6 +19,9 @@ end
 redis.call('ZADD', KEYS[2], now, tomb)
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[4]) - 1)
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if #KEYS >= 4 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'k', 'r', 'v', ARGV[3], 'id', ARGV[2])
+end
 if #m == 0 then
   return 0
 end
