@@ -82,6 +82,7 @@ SUBSCRIBER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, KeyErr
 UNSUBSCRIBED = ("unsubscribe", "sunsubscribe")
 READ_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, StoreUnavailable)
 RECONNECT = Backoff(initial_s=0.1, max_s=2.0)  # the subscriber connection's jittered back-off
+BACKFILL_ATTEMPTS = 10  # reads of the hot store a backfill tries (about 10 s with RECONNECT)
 
 
 def encode(event: BusEvent) -> str:
@@ -348,17 +349,26 @@ class RedisBus:
         kept: deque[Comment] = deque(maxlen=self.backfill_max)
         total = 0
         cursor = after_id
-        try:
-            while True:
-                got = await self.recent(video_id, cursor, page)
-                kept.extend(got)
-                total += len(got)
-                if len(got) < page:
-                    break
-                cursor = got[-1].id
-        except READ_ERRORS as e:
-            log.warning("bus: could not read recent comments of %s: %s", video_id, e)
-            return 0
+        # Right after a failover the cluster may still refuse reads for a moment: a
+        # backfill given up here would leave the room without what it missed, so it is
+        # tried again, with back-off, for up to BACKFILL_ATTEMPTS reads.
+        retry = Retry(RECONNECT)
+        for attempt in range(BACKFILL_ATTEMPTS):
+            try:
+                while True:
+                    got = await self.recent(video_id, cursor, page)
+                    kept.extend(got)
+                    total += len(got)
+                    if len(got) < page:
+                        break
+                    cursor = got[-1].id
+                break
+            except READ_ERRORS as e:
+                if attempt == BACKFILL_ATTEMPTS - 1:
+                    log.warning("bus: could not read recent comments of %s: %s; giving up", video_id, e)
+                    return 0
+                log.info("bus: could not read recent comments of %s (%s); again", video_id, e)
+                await retry.sleep()
         if self.buffer.channels.get(video_id) is not ch:
             return 0  # the room left meanwhile
         if total > len(kept) and kept:
