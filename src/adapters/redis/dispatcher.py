@@ -126,6 +126,7 @@ class _Link:
         self.wake = trio.Event()
         self.stream: trio.SocketStream | None = None
         self.closed = False
+        self.failing = False
 
     def put(self, line: bytes) -> None:
         if len(self.queue) >= LINK_QUEUE_MAX:
@@ -165,15 +166,19 @@ class _Link:
                         await self.stream.send_all(HELLO + self.hello + b"\n")
                     await self.stream.send_all(batch)
                 self.sender.sent += n
+                self.failing = False
                 return
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as e:
                 if self.stream is not None:
                     await self.stream.aclose()
                     self.stream = None
                 if attempt + 1 == SEND_ATTEMPTS:
-                    # Bounded: the batch is given up; the node's catch-up reads it.
+                    # Bounded: the batch is given up; the node's catch-up reads it. Logged
+                    # once per failing spell (a dead node's registration lasts ttl_s).
                     self.sender.dropped += n
-                    log.warning("dispatcher: %d event(s) to %s dropped: %s", n, self.address, e)
+                    if not self.failing:
+                        log.warning("dispatcher: event(s) to %s dropped: %s", self.address, e)
+                    self.failing = True
 
 
 class DispatchSender:
