@@ -101,6 +101,8 @@ class Settings:
     snapshot_interval_s: float = _setting(1.0, "seconds between snapshots in cdn mode", kind=float)
     log_level: str = _setting("info", "debug | info | warning | error")
     # Cluster mode (livecomments ingest | rms | persist | cluster up; see docs/operations.md).
+    bus: str = _setting("redis", "how comments reach the rms nodes: redis (sharded pub/sub) | dispatcher (nodes register their videos, ingest sends to them; docs/operations.md)")
+    dispatch_cache_s: float = _setting(1.0, "seconds an ingest process reuses a video's dispatcher targets (bus=dispatcher)", kind=float)
     redis_prefix: str = _setting("lc", "prefix of every Redis key and channel (one per cluster sharing a Redis)")
     redis_shards: int = _setting(1, "hash-tag slots for video keys and comment streams (>1 spreads a Redis Cluster)", kind=int)
     redis_timeout_s: float = _setting(2.0, "Redis connect and command timeout, seconds", kind=float)
@@ -167,6 +169,14 @@ def check(s: Settings) -> None:
         raise ValueError("tier *_below thresholds must not exceed their *_at thresholds")
     if s.sqlite_synchronous not in ("normal", "full"):
         raise ValueError("sqlite_synchronous must be normal or full")
+    if s.bus not in ("redis", "dispatcher"):
+        raise ValueError("bus must be redis or dispatcher")
+    if not 0 < s.dispatch_cache_s <= 60:
+        raise ValueError("dispatch_cache_s must be in (0, 60]")
+    if s.bus == "dispatcher" and s.room_linger_s < s.dispatch_cache_s + 1:
+        # A room opening under the dispatcher waits dispatch_cache_s (+0.2 s) for senders to
+        # know it; lingering less, it would close before its first viewer joins.
+        raise ValueError("with bus=dispatcher, room_linger_s must be at least dispatch_cache_s + 1")
     if s.store not in ("sqlite", "scylla"):
         raise ValueError("store must be sqlite or scylla")
     if s.moderation_queue < 1 or s.moderation_workers < 0 or s.moderation_users_max < 1:

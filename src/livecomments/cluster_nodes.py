@@ -33,12 +33,13 @@ from adapters.redis.client import REDIS_ERRORS, Redis, open_redis
 from adapters.redis.keys import Keys
 from domain.identity import TokenIssuer
 from domain.metrics import Metrics
-from domain.ports import Store, StoreUnavailable
+from domain.ports import Bus, Store, StoreUnavailable
 from domain.settings import Settings
 from livecomments.serve import drain, listen, wait_for_signal
 from livecomments.stores import LazyStore, open_store
 
 if TYPE_CHECKING:
+    from adapters.redis.dispatcher import DispatchSender
     from adapters.redis.hotstore import HotStore
     from adapters.redis.lean import ScriptPipe
     from adapters.redis.presence import Presence
@@ -122,6 +123,18 @@ def hot_store(redis: Redis, keys: Keys, settings: Settings, *, pipe: ScriptPipe 
     )
 
 
+def dispatch_sender(settings: Settings, redis: Redis, keys: Keys) -> DispatchSender | None:
+    """With ``bus=dispatcher``: what sends comments, removals and reactions to the rms nodes
+    registered for their video (``adapters.redis.dispatcher``); else None (pub/sub)."""
+    if settings.bus != "dispatcher":
+        return None
+    from adapters.redis.dispatcher import DispatchSender, hello_token
+    from domain.identity import signing_key
+
+    hello = hello_token(signing_key(settings.jwt_secret, settings.data_dir))
+    return DispatchSender(redis, keys, hello, cache_s=settings.dispatch_cache_s)
+
+
 def redis_check(redis: Redis) -> Callable[[], Awaitable[None]]:
     async def redis_reachable() -> None:
         await redis.ping()
@@ -161,7 +174,8 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         mod_store = RedisModerationStore(c.redis, c.keys)
         hot = hot_store(c.redis, c.keys, settings, pipe=pipe)
         store = ClusterStore(hot, c.cold)
-        bus = RedisBus(c.redis, c.keys)
+        sender = dispatch_sender(settings, c.redis, c.keys)
+        bus: Bus = sender if sender is not None else RedisBus(c.redis, c.keys)
         limiter = RedisRateLimiter(c.redis, c.keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
@@ -169,7 +183,11 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         # on a Redis Cluster, where the user's and the video's keys live in other slots),
         # sent on a connection of its own without coredis' per-command cost (lean.py;
         # coredis for TLS, Cluster and Sentinel URLs).
-        broker = RedisBroker(hot, limiter, one_call=not is_cluster(c.redis), moderation_queued=mod_metrics.queued.inc)
+        broker: Any = RedisBroker(hot, limiter, one_call=not is_cluster(c.redis), moderation_queued=mod_metrics.queued.inc)
+        if sender is not None:  # bus=dispatcher: after the append, straight to the rms nodes
+            from adapters.redis.dispatcher import DispatchingBroker
+
+            broker = DispatchingBroker(broker, sender)
         comments = CommentService(
             settings, broker, store, bus, limiter, c.metrics, moderation=moderation, limited=broker
         )
@@ -179,6 +197,8 @@ async def run_ingest(settings: Settings, *, until: Callable[[], Awaitable[None]]
         # Posts on the lean path, as in the all-in-one server; the rest through Hypercorn.
         front = FrontDoor(settings, c.issuer, c.metrics, handoff, pipeline=pipeline)
         async with trio.open_nursery() as root:
+            if sender is not None:
+                await root.start(sender.run)
             root.start_soon(mod_store.watch, moderation.load)
             await handoff.start(root)
             await root.start(front.serve, [c.lsock])
@@ -247,15 +267,26 @@ async def run_rms(settings: Settings, *, until: Callable[[], Awaitable[None]] = 
         me = node_id(settings, "rms")
         hot = hot_store(c.redis, c.keys, settings)
         recent_store = ClusterStore(hot, c.cold)
-        bus = RedisBus(
-            c.redis,
-            c.keys,
+        bus_args: dict[str, Any] = dict(
             hold_ms=hold_ms(settings),
             recent=recent_store.recent_all,
             removed_since=hot.removed_since,
             backfill_max=settings.backfill_max,
             metrics=c.metrics,
         )
+        if settings.bus == "dispatcher":
+            from adapters.redis.dispatcher import DispatcherBus, DispatcherMetrics, hello_token
+            from domain.identity import signing_key
+
+            dbus = DispatcherBus(
+                c.redis, c.keys, host=settings.host, hello=hello_token(signing_key(settings.jwt_secret, settings.data_dir)),
+                ttl_s=settings.presence_ttl_s, interval_s=settings.presence_interval_s, cache_s=settings.dispatch_cache_s,
+                **bus_args,
+            )  # fmt: skip
+            DispatcherMetrics(c.metrics, dbus)
+            bus: RedisBus = dbus
+        else:
+            bus = RedisBus(c.redis, c.keys, **bus_args)
         store = ClusterStore(hot, c.cold, read_bound=bus.read_bound)
         presence = Presence(
             c.redis,
@@ -369,13 +400,16 @@ async def run_moderate(settings: Settings, *, until: Callable[[], Awaitable[None
         mod_store = RedisModerationStore(redis, keys)
         moderation = ModerationService(mod_store, worker_id=settings.worker_id)
         await moderation.load()
+        sender = dispatch_sender(settings, redis, keys)
         remover = CommentService(
-            settings, RedisBroker(hot), ClusterStore(hot, cold), RedisBus(redis, keys), RedisRateLimiter(redis, keys),
+            settings, RedisBroker(hot), ClusterStore(hot, cold), sender or RedisBus(redis, keys), RedisRateLimiter(redis, keys),
             metrics, moderation=moderation,
         )
         automod = Automod.loader(settings, ModerationMetrics(metrics.registry))(remover)
         source = RedisModerationSource(redis, keys, automod, consumer=me, linger_s=settings.stream_linger_ms / 1000)
         async with trio.open_nursery() as root:
+            if sender is not None:
+                await root.start(sender.run)
             root.start_soon(mod_store.watch, moderation.load)
             root.start_soon(automod.watch_rules)
             await root.start(source.run)

@@ -102,6 +102,7 @@ OTHER_TEXT = {
     "classifier": "some.module:classify",
     "store": "scylla",
     "sqlite_synchronous": "full",
+    "bus": "dispatcher",
 }
 
 
@@ -244,6 +245,9 @@ def test_bad_rates_raise_with_the_setting_s_name(name: str, var: str, text: str)
         ({"LIVECOMMENTS_WORKER_ID": "1024"}, "worker_id"),
         ({"LIVECOMMENTS_WORKER_ID": "-1"}, "worker_id"),
         ({"LIVECOMMENTS_STORE": "postgres"}, "store"),
+        ({"LIVECOMMENTS_BUS": "kafka"}, "bus"),
+        ({"LIVECOMMENTS_DISPATCH_CACHE_S": "0"}, "dispatch_cache_s"),
+        ({"LIVECOMMENTS_BUS": "dispatcher", "LIVECOMMENTS_ROOM_LINGER_S": "1"}, "room_linger_s"),
         ({"LIVECOMMENTS_MAX_TEXT": "0"}, "max_text"),
         ({"LIVECOMMENTS_MAX_BODY": "-5"}, "max_body"),
         ({"LIVECOMMENTS_RING_SIZE": "0"}, "ring_size"),

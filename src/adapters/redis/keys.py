@@ -186,6 +186,12 @@ class Keys:
 
     # -- pub/sub channels (shard channels: the video's tag) ------------------------------------
 
+    def dispatch(self, video_id: str) -> str:
+        """Sorted set of rms node addresses (``host:port`` of their delivery port) that have
+        viewers of the video, scored by the ms their registration expires
+        (``LIVECOMMENTS_BUS=dispatcher``, ``adapters.redis.dispatcher``)."""
+        return f"{self._tag(video_id)}:dispatch:{video_id}"
+
     def channel(self, video_id: str) -> str:
         """The video's shard channel (``SPUBLISH``/``SSUBSCRIBE``), in the video's slot."""
         return f"{self._tag(video_id)}:events:{video_id}"
