@@ -12,7 +12,6 @@ import argparse
 import gzip
 
 import httpx
-
 from tests.support.server import ServerProcess
 
 
