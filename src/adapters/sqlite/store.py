@@ -19,6 +19,7 @@ in worker threads so the Trio loop never blocks on the disk.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,9 +68,23 @@ def _row(r: tuple[Any, ...]) -> Comment:
     )
 
 
+WAL_ATTEMPTS = 100  # x 0.1 s: processes of a local cluster open the file at the same time
+
+
 def _connect(path: str, durable: bool = False) -> sqlite3.Connection:
+    """(In a worker thread.) Switching to WAL can answer "database is locked" without
+    waiting for the busy timeout while another process is switching too (the processes
+    of a local cluster open one file at once): that is tried again, for up to 10 s."""
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == WAL_ATTEMPTS - 1:
+                conn.close()
+                raise
+            time.sleep(0.1)
     conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
     return conn
 
